@@ -1,0 +1,34 @@
+# The two commands a new user runs (see README): `make demo` and `make test`.
+# Installing is idempotent: the virtualenv is rebuilt only when requirements.txt or pyproject.toml change.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export DGLBACKEND := pytorch
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/pip check
+	touch $(STAMP)
+
+# The main job end to end on the embedded defaults (Milvus Lite, SQLite) and the default snapshot.
+demo: install
+	$(BIN)/recsys run
+
+test: install
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python bench/ingest_preprocess.py
+
+clean:
+	rm -rf $(VENV) .recsys airflow_home

@@ -1,0 +1,3 @@
+"""movielens-recsys: MovieLens snapshot -> graph -> PinSage embeddings -> Milvus + SQL -> recommendations."""
+
+__version__ = "0.1.0"

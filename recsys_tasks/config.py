@@ -1,0 +1,136 @@
+"""One settings object for every step: defaults < environment (RECSYS_*) < explicit overrides.
+
+The CLI passes its flags as overrides; the DAG passes its params the same way, so a setting means
+the same thing wherever it is read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+OFFICIAL_ML1M_URL = "https://files.grouplens.org/datasets/movielens/ml-1m.zip"
+OFFICIAL_ML1M_MD5 = "c4d9eecfca2ab87c1945afe126590906"
+
+DEVICES = ("auto", "cpu", "cuda")
+SAMPLERS = ("auto", "dgl", "torch")
+
+
+class ConfigError(ValueError):
+    """A setting is invalid; the CLI turns it into exit code 2."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path = Path(".recsys")
+    milvus_uri: str = ""  # empty: a Milvus Lite file under home
+    db_url: str = ""  # empty: a SQLite file under home
+    snapshot: str = OFFICIAL_ML1M_URL
+    skip_checksum: bool = False
+    # training
+    device: str = "auto"
+    sampler: str = "auto"
+    epochs: int = 8
+    embed_dim: int = 64
+    batch_size: int = 512
+    lr: float = 3e-3
+    seed: int = 42
+    num_workers: int = 0
+    # serving and promotion
+    keep_versions: int = 2
+    quality_margin: float = 0.02
+    force: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def artifacts(self) -> Path:
+        return self.home / "artifacts"
+
+    @property
+    def resolved_milvus_uri(self) -> str:
+        return self.milvus_uri or str((self.home / "milvus.db").resolve())
+
+    @property
+    def resolved_db_url(self) -> str:
+        return self.db_url or f"sqlite:///{(self.home / 'catalog.db').resolve()}"
+
+    def validate(self) -> Settings:
+        if self.device not in DEVICES:
+            raise ConfigError(f"device: {self.device!r} is not one of {', '.join(DEVICES)}")
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"sampler: {self.sampler!r} is not one of {', '.join(SAMPLERS)}")
+        for name in ("epochs", "embed_dim", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr: must be positive, got {self.lr}")
+        if self.keep_versions < 1:
+            raise ConfigError(f"keep_versions: must be at least 1, got {self.keep_versions}")
+        if not 0 <= self.quality_margin < 1:
+            raise ConfigError(f"quality_margin: must be in [0, 1), got {self.quality_margin}")
+        return self
+
+    def replace(self, **overrides: Any) -> Settings:
+        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None}).validate()
+
+    def training_params(self) -> dict[str, Any]:
+        """The settings that change a trained model (and so its model_version)."""
+        return {k: getattr(self, k) for k in ("epochs", "embed_dim", "batch_size", "lr", "seed", "sampler")}
+
+    def public(self) -> dict[str, Any]:
+        """Settings safe to print or log: passwords in URLs are masked."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["home"] = str(self.home)
+        out["db_url"] = mask_password(self.resolved_db_url)
+        out["milvus_uri"] = mask_password(self.resolved_milvus_uri)
+        return out
+
+
+def mask_password(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    if "://" not in url or "@" not in url:
+        return url
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a SQLAlchemy URL (e.g. http://user:pw@milvus): mask by hand
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+
+
+_ENV: dict[str, tuple[str, type]] = {
+    "home": ("RECSYS_HOME", Path),
+    "milvus_uri": ("RECSYS_MILVUS_URI", str),
+    "db_url": ("RECSYS_DB_URL", str),
+    "snapshot": ("RECSYS_SNAPSHOT", str),
+    "device": ("RECSYS_DEVICE", str),
+    "sampler": ("RECSYS_SAMPLER", str),
+    "epochs": ("RECSYS_EPOCHS", int),
+    "embed_dim": ("RECSYS_EMBED_DIM", int),
+    "batch_size": ("RECSYS_BATCH_SIZE", int),
+    "seed": ("RECSYS_SEED", int),
+    "num_workers": ("RECSYS_NUM_WORKERS", int),
+    "keep_versions": ("RECSYS_KEEP_VERSIONS", int),
+    "quality_margin": ("RECSYS_QUALITY_MARGIN", float),
+}
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment, then `overrides` (None values are ignored)."""
+    values: dict[str, Any] = {}
+    for name, (var, kind) in _ENV.items():
+        raw = os.environ.get(var)
+        if raw not in (None, ""):
+            try:
+                values[name] = kind(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{var}={raw!r}: expected {kind.__name__}") from exc
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Settings(**values).validate()
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from exc

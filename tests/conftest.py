@@ -1,0 +1,29 @@
+"""Shared fixtures: a fresh RECSYS_HOME per test, and the real MovieLens data in ../shared/data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("DGLBACKEND", "pytorch")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("RECSYS_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def real_release(name: str) -> Path:
+    """The folder of a real MovieLens release under ../shared/data, or skip the test saying why."""
+    folder = SHARED_DATA / name
+    if not folder.is_dir():
+        pytest.skip(f"real MovieLens data not found at {folder} (see ../shared/data/README.md)")
+    return folder
+
+
+@pytest.fixture
+def settings(tmp_path: Path):
+    """Settings with everything (artifacts, Milvus Lite file, SQLite catalog) under a temp folder."""
+    from recsys_tasks.config import load_settings
+
+    return load_settings(home=tmp_path / "home")
