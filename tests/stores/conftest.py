@@ -1,0 +1,3 @@
+"""Store test fixtures live in tests/fixtures_stores.py (shared with the serving tests)."""
+
+from tests.fixtures_stores import milvus_server, stores  # noqa: F401 - pytest fixtures

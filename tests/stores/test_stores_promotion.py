@@ -1,0 +1,145 @@
+"""Quality gate, smoke test, promotion, retention, status and rollback: what is served, and when."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from recsys_tasks import pipeline
+from recsys_tasks.__main__ import main
+from recsys_tasks.config import Settings
+from recsys_tasks.errors import GateFailure, InputError
+from recsys_tasks.serving.recommend import recommend_similar
+from recsys_tasks.stores.catalog import Catalog
+from recsys_tasks.stores.milvus import VectorStore, collection_name
+from recsys_tasks.stores.steps import rollback, status
+from tests.fixtures_stores import Release, make_release, ship
+
+FLOWS = [pytest.param(("lite", "sqlite"), id="lite-sqlite"),
+         pytest.param(("server", "mariadb"), id="server-mariadb", marks=pytest.mark.mysql)]
+
+
+def _served(settings: Settings, release: Release, index: int = 7) -> tuple[str, list[int]]:
+    """(model version, ids) the live alias returns for `release`'s movie at `index`."""
+    result = recommend_similar(settings, int(release.ids[index]), 10)
+    return result["model_version"], [i["movie_id"] for i in result["items"]]
+
+
+def _live(settings: Settings) -> str | None:
+    return VectorStore.from_settings(settings).live_collection()
+
+
+@pytest.mark.parametrize("stores", FLOWS, indirect=True)
+def test_promotion_switches_the_alias_and_rollback_returns(stores: Settings) -> None:
+    v1 = make_release(stores, "one")
+    v2 = make_release(stores, "two", processed=v1.processed, hr=0.11)
+    ship(stores, v1)
+    movie = int(v1.ids[7])
+    assert _served(stores, v1) == (v1.version, v1.brute_force(v1.vectors[7], 10, exclude={movie}))
+
+    steps = ship(stores, v2)
+    assert steps["promote"].manifest["previous"] == v1.version
+    assert _served(stores, v2) == (v2.version, v2.brute_force(v2.vectors[7], 10, exclude={movie}))
+    catalog = Catalog.from_settings(stores)
+    assert (catalog.version(v1.version)["status"], catalog.version(v2.version)["status"]) == ("retired", "active")
+
+    again = ship(stores, v2)  # the whole store half of the pipeline again: nothing changes
+    assert again["load_vectors"].skipped and again["load_catalog"].skipped and again["promote"].skipped
+    assert _live(stores) == collection_name(v2.version)
+
+    st = status(stores)
+    assert st["live"]["model_version"] == v2.version and st["live"]["snapshot_id"] == "snapshot-catalog"
+    assert st["live"]["metrics"]["pinsage_history"]["hr@10"] == 0.11
+    assert {c["model_version"]: c["status"] for c in st["collections"]} == {v1.version: "retired",
+                                                                            v2.version: "active"}
+    assert st["counts"]["movies"] == 300 and st["counts"]["vectors"] == 300
+
+    back = rollback(stores)
+    assert back == {"model_version": v1.version, "collection": collection_name(v1.version),
+                    "previous": v2.version, "changed": True}
+    assert _served(stores, v1) == (v1.version, v1.brute_force(v1.vectors[7], 10, exclude={movie}))
+    assert (catalog.version(v1.version)["status"], catalog.version(v2.version)["status"]) == ("active", "retired")
+    assert rollback(stores, v1.version)["changed"] is False
+
+
+def test_failed_smoke_test_keeps_the_live_model(stores: Settings) -> None:
+    v1 = make_release(stores, "one")
+    ship(stores, v1)
+    bad = make_release(stores, "bad", processed=v1.processed, hr=0.12, extra_ids=5)  # vectors without records
+    with pytest.raises(GateFailure) as failure:
+        ship(stores, bad)
+    assert failure.value.rule == "smoke_test" and "no catalog record" in str(failure.value)
+    report = json.loads(Path(failure.value.report).read_text())
+    assert report["passed"] is False and report["problems"]
+    assert _live(stores) == collection_name(v1.version)
+    catalog = Catalog.from_settings(stores)
+    assert catalog.version(bad.version)["status"] == "rejected"
+    assert catalog.version(bad.version)["reason"].startswith("smoke_test")
+    assert catalog.active()["version"] == v1.version
+
+    loaded = pipeline.load_vectors(stores, bad.exported, bad.processed)
+    with pytest.raises(GateFailure, match="rejected"):
+        pipeline.promote(stores, loaded)
+    assert _live(stores) == collection_name(v1.version)
+
+
+def test_quality_gate_rejects_a_worse_candidate(stores: Settings) -> None:
+    v1 = make_release(stores, "one", hr=0.10)
+    ship(stores, v1)
+    worse = make_release(stores, "worse", processed=v1.processed, hr=0.07)
+    with pytest.raises(GateFailure) as failure:
+        pipeline.quality_gate(stores, worse.evaluated)
+    assert failure.value.rule == "no_regression" and "0.0700" in str(failure.value) and "0.1000" in str(failure.value)
+    decision = json.loads(Path(failure.value.report).read_text())
+    assert decision["passed"] is False and decision["active_version"] == v1.version
+    catalog = Catalog.from_settings(stores)
+    row = catalog.version(worse.version)
+    assert row["status"] == "rejected" and "no_regression" in row["reason"]
+    assert row["metrics"]["pinsage_history"]["hr@10"] == 0.07
+    assert _live(stores) == collection_name(v1.version) and catalog.active()["version"] == v1.version
+
+    weak = make_release(stores, "weak", processed=v1.processed, hr=0.045, baselines=(0.04, 0.05))
+    with pytest.raises(GateFailure) as failure:
+        pipeline.quality_gate(stores, weak.evaluated)
+    assert failure.value.rule == "beats_baselines" and "itemknn" in str(failure.value)
+
+    close = make_release(stores, "close", processed=v1.processed, hr=0.085)  # within the 0.02 margin
+    passed = pipeline.quality_gate(stores, close.evaluated)
+    assert passed.manifest["decision"]["passed"] and catalog.version(close.version)["status"] == "candidate"
+
+
+def test_retention_keeps_the_last_versions_and_drops_the_rest(stores: Settings) -> None:
+    settings = stores.replace(keep_versions=1)
+    releases = [make_release(settings, f"r{i}", hr=0.10 + i / 100) for i in range(3)]
+    bad = make_release(settings, "bad", processed=releases[0].processed, hr=0.2, extra_ids=3)
+    ship(settings, releases[0])
+    with pytest.raises(GateFailure):
+        ship(settings, bad)
+    for release in releases[1:]:
+        steps = ship(settings, release)
+    assert steps["promote"].manifest["dropped"] == [collection_name(releases[0].version)]
+    store = VectorStore.from_settings(settings)
+    assert store.collections() == sorted(collection_name(r.version) for r in releases[1:])  # bad one dropped
+    assert store.live_collection() == collection_name(releases[2].version)
+    with pytest.raises(InputError, match="gone or incomplete"):
+        rollback(settings, releases[0].version)
+
+
+def test_cli_status_rollback_and_recommend(stores: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    home = ["--home", str(stores.home)]
+    assert main(["recommend", "--movie-id", "1", "--json", *home]) == 1  # nothing live yet
+    assert "no model is served" in json.loads(capsys.readouterr().out.splitlines()[-1])["message"]
+    v1 = make_release(stores, "one")
+    ship(stores, v1)
+    assert main(["status", "--json", *home]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["live"]["model_version"] == v1.version
+    assert main(["recommend", "--movie-id", str(v1.ids[0]), "-k", "3", "--json", *home]) == 0
+    out = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert len(out["items"]) == 3 and out["model_version"] == v1.version
+    assert main(["recommend", "--movie-id", "999999999", "--json", *home]) == 2
+    assert main(["recommend", "--history", f"{v1.ids[0]},{v1.ids[1]}", "-k", "101", "--json", *home]) == 2
+    assert main(["rollback", "--json", *home]) == 2  # nothing retired to go back to
+    assert main(["rollback", "--to", "vdoesnotexist", "--json", *home]) == 2
+    capsys.readouterr()
