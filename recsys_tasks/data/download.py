@@ -1,0 +1,102 @@
+"""Fetch a snapshot archive over HTTP(S): streamed to disk with a progress bar, retried, verified, cached.
+
+Connection errors, timeouts, short reads and HTTP 429/5xx are retried with exponential backoff
+(tenacity); any other HTTP error is bad input. A download whose md5 is known and matches is kept in
+the downloads folder and not fetched again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
+import requests
+from tenacity import Retrying, before_sleep_log, retry_if_exception, stop_after_attempt, wait_exponential
+
+from recsys_tasks.artifacts import fingerprint
+from recsys_tasks.errors import InputError
+from recsys_tasks.logs import get_logger, progress_bar
+
+log = get_logger(__name__)
+ATTEMPTS = 5
+RETRY_WAIT_S = 2.0  # first backoff; doubles per attempt up to RETRY_WAIT_MAX_S (tests shrink it)
+RETRY_WAIT_MAX_S = 60.0
+TIMEOUT_S = 60
+_CHUNK = 1 << 20
+
+
+class TransientHTTPError(OSError):
+    """A 429/5xx answer or a short read: worth another try."""
+
+
+def md5_file(path: Path) -> str:
+    digest = hashlib.md5()  # MovieLens publishes md5 checksums
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_md5(path: Path, expected: str, *, name: str | Path | None = None) -> None:
+    """InputError naming `name` (default: the path) unless the file's md5 is `expected`."""
+    actual = md5_file(path)
+    if actual != expected.lower():
+        raise InputError(f"checksum mismatch: md5 {actual}, expected {expected.lower()}", file=name or path,
+                         rule="md5 matches the published checksum")
+
+
+def cached_path(url: str, downloads: Path) -> Path:
+    """One file per URL (two URLs ending in the same name do not collide)."""
+    name = Path(urlparse(url).path).name or "snapshot.zip"
+    return downloads / f"{fingerprint(url)[:8]}-{name}"
+
+
+def fetch(url: str, downloads: Path, *, expected_md5: str | None) -> Path:
+    """The archive at `url` as a local file, verified against `expected_md5` when one is given."""
+    target = cached_path(url, downloads)
+    if expected_md5 and target.is_file():
+        if md5_file(target) == expected_md5.lower():
+            log.info("using the verified download %s", target)
+            return target
+        log.warning("cached %s does not match md5 %s: fetching again", target, expected_md5)
+    downloads.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(target.name + ".part")
+    retrying = Retrying(stop=stop_after_attempt(ATTEMPTS), reraise=True,
+                        wait=wait_exponential(multiplier=RETRY_WAIT_S, max=RETRY_WAIT_MAX_S),
+                        retry=retry_if_exception(_transient), before_sleep=before_sleep_log(log, 30))
+    retrying(_stream, url, part)
+    if expected_md5:
+        try:
+            verify_md5(part, expected_md5, name=url)
+        except InputError:
+            part.unlink()  # never keep unverified bytes where a later run would look for them
+            raise
+    else:
+        log.warning("%s: no checksum to verify against (pass the expected md5 to verify)", url)
+    os.replace(part, target)
+    return target
+
+
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, (requests.ConnectionError, requests.Timeout, TransientHTTPError))
+
+
+def _stream(url: str, part: Path) -> None:
+    with requests.get(url, stream=True, timeout=TIMEOUT_S) as response:
+        if response.status_code == 429 or response.status_code >= 500:
+            raise TransientHTTPError(f"{url}: HTTP {response.status_code}")
+        if response.status_code >= 400:
+            raise InputError(f"HTTP {response.status_code} {response.reason}", file=url,
+                             rule="snapshot URL downloadable")
+        total = int(response.headers.get("Content-Length") or 0) or None
+        received = 0
+        with open(part, "wb") as fh, progress_bar(desc=f"download {part.stem}", total=total, unit="B",
+                                                   unit_scale=True) as bar:
+            for chunk in response.iter_content(_CHUNK):
+                fh.write(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+    if total is not None and received != total:
+        raise TransientHTTPError(f"{url}: got {received} of {total} bytes")
