@@ -107,6 +107,7 @@ _ENV: dict[str, tuple[str, type]] = {
     "milvus_uri": ("RECSYS_MILVUS_URI", str),
     "db_url": ("RECSYS_DB_URL", str),
     "snapshot": ("RECSYS_SNAPSHOT", str),
+    "skip_checksum": ("RECSYS_SKIP_CHECKSUM", bool),
     "device": ("RECSYS_DEVICE", str),
     "sampler": ("RECSYS_SAMPLER", str),
     "epochs": ("RECSYS_EPOCHS", int),
@@ -119,6 +120,14 @@ _ENV: dict[str, tuple[str, type]] = {
 }
 
 
+def _parse_bool(raw: str) -> bool:
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Settings from the environment, then `overrides` (None values are ignored)."""
     values: dict[str, Any] = {}
@@ -126,7 +135,7 @@ def load_settings(**overrides: Any) -> Settings:
         raw = os.environ.get(var)
         if raw not in (None, ""):
             try:
-                values[name] = kind(raw)
+                values[name] = _parse_bool(raw) if kind is bool else kind(raw)
             except ValueError as exc:
                 raise ConfigError(f"{var}={raw!r}: expected {kind.__name__}") from exc
     values.update({k: v for k, v in overrides.items() if v is not None})

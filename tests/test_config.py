@@ -31,3 +31,11 @@ def test_passwords_never_printed() -> None:
     assert "s3cret" not in mask_password("mysql+pymysql://app:s3cret@db:3306/recsys")
     assert "s3cret" not in mask_password("http://root:s3cret@milvus:19530")
     assert load_settings(db_url="mysql+pymysql://app:s3cret@db/recsys").public()["db_url"].count("***") == 1
+
+
+def test_boolean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECSYS_SKIP_CHECKSUM", "yes")
+    assert load_settings().skip_checksum is True
+    monkeypatch.setenv("RECSYS_SKIP_CHECKSUM", "maybe")
+    with pytest.raises(ConfigError, match="RECSYS_SKIP_CHECKSUM"):
+        load_settings()
