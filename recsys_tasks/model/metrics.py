@@ -23,11 +23,13 @@ def target_ranks(scores: np.ndarray, targets: np.ndarray, seen: sp.csr_matrix) -
     (the target itself must not be marked seen).
     """
     scores = np.array(scores, dtype=np.float64)  # a copy: seen items are masked in place
+    if np.isnan(scores).any():  # a NaN would rank below the target and flatter a broken scorer
+        raise ValueError("scores contain NaN")
     rows, cols = seen.nonzero()
     scores[rows, cols] = -np.inf
     target_scores = scores[np.arange(len(targets)), targets]
     if not np.isfinite(target_scores).all():
-        raise ValueError("a target movie has no finite score (NaN, or marked as seen)")
+        raise ValueError("a target movie has no finite score (marked as seen?)")
     # Counting ties as ranked above the target: the target itself is counted once, so this is the rank.
     return (scores >= target_scores[:, None]).sum(axis=1)
 

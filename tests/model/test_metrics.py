@@ -1,0 +1,73 @@
+"""Ranking metrics against hand-computed examples: exclusion of seen movies, pessimistic ties, cut-offs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from recsys_tasks.model.metrics import evaluate_scorer, metrics_from_ranks, target_ranks
+
+
+def seen_matrix(rows: list[list[int]], n_items: int) -> sp.csr_matrix:
+    r = [i for i, items in enumerate(rows) for _ in items]
+    c = [j for items in rows for j in items]
+    return sp.csr_matrix((np.ones(len(c)), (r, c)), shape=(len(rows), n_items))
+
+
+def test_one_user_five_items_by_hand() -> None:
+    # Movie 0 (score 0.9) is seen; the target 4 (0.3) is beaten by 2 (0.7) and 1 (0.5): rank 3.
+    scores = np.array([[0.9, 0.5, 0.7, 0.1, 0.3]])
+    ranks = target_ranks(scores, np.array([4]), seen_matrix([[0]], 5))
+    assert ranks.tolist() == [3]
+    m = metrics_from_ranks(ranks)
+    assert m == pytest.approx({"hr@10": 1.0, "ndcg@10": 1 / math.log2(4), "recall@20": 1.0, "mrr": 1 / 3,
+                               "users": 1})
+    # Without the exclusion the seen movie would count: rank 4.
+    assert target_ranks(scores, np.array([4]), seen_matrix([[]], 5)).tolist() == [4]
+
+
+def test_ties_are_pessimistic() -> None:
+    constant = np.zeros((1, 5))
+    assert target_ranks(constant, np.array([0]), seen_matrix([[]], 5)).tolist() == [5]
+    assert target_ranks(constant, np.array([2]), seen_matrix([[1]], 5)).tolist() == [4]
+    # One strictly higher, one tied with the target: both above it.
+    assert target_ranks(np.array([[0.5, 0.9, 0.5, 0.1]]), np.array([0]), seen_matrix([[]], 4)).tolist() == [3]
+
+
+def test_cut_offs_at_10_and_20() -> None:
+    m = metrics_from_ranks(np.array([1, 10, 11, 20, 21]))
+    assert m["hr@10"] == pytest.approx(2 / 5)
+    assert m["recall@20"] == pytest.approx(4 / 5)
+    assert m["ndcg@10"] == pytest.approx((1.0 + 1 / math.log2(11)) / 5)
+    assert m["mrr"] == pytest.approx((1 + 1 / 10 + 1 / 11 + 1 / 20 + 1 / 21) / 5)
+    assert m["users"] == 5
+
+
+def test_a_seen_or_nan_target_is_refused() -> None:
+    with pytest.raises(ValueError, match="no finite score"):
+        target_ranks(np.ones((1, 3)), np.array([1]), seen_matrix([[1]], 3))
+    with pytest.raises(ValueError, match="NaN"):
+        target_ranks(np.array([[1.0, np.nan, 0.0]]), np.array([1]), seen_matrix([[]], 3))
+    with pytest.raises(ValueError, match="no users"):
+        metrics_from_ranks(np.array([]))
+
+
+def test_evaluate_scorer_batches_and_row_mapping() -> None:
+    rng = np.random.default_rng(0)
+    table = rng.random((7, 12))
+    seen = seen_matrix([[0], [1, 2], [], [3], [4, 5], [6], [7]], 12)
+    users = np.array([6, 0, 3, 1, 4])  # rows of `seen` and of `table`, in any order
+    targets = np.array([8, 9, 10, 11, 0])
+    expected = metrics_from_ranks(target_ranks(table[users], targets, seen[users]))
+    for batch in (1, 2, 5):
+        got = evaluate_scorer(lambda rows: table[rows], users, targets, seen, batch_size=batch)
+        assert got == pytest.approx(expected)
+
+
+
+def test_a_nan_on_another_movie_is_refused_too() -> None:
+    with pytest.raises(ValueError, match="NaN"):
+        target_ranks(np.array([[0.1, np.nan, 0.3]]), np.array([0]), seen_matrix([[]], 3))
