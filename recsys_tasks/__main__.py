@@ -121,7 +121,7 @@ def _print_human(command: str, result: dict[str, Any]) -> None:
     elif "items" in result:
         print(f"model {result.get('model_version')}")
         for i, item in enumerate(result["items"], 1):
-            print(f"{i:>3}. {item['title']} ({item.get('year') or '?'})  [{item.get('genres', '')}]"
+            print(f"{i:>3}. {item['title']}  [{item.get('genres', '')}]"  # MovieLens titles carry the year
                   f"  score {item['score']:.3f}  id {item['movie_id']}")
     else:
         print(json.dumps(result, indent=2, default=str))

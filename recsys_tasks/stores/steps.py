@@ -104,8 +104,20 @@ def decide(version: str, metrics: dict[str, Any], active: dict[str, Any] | None,
 
 
 def quality_gate(settings: Settings, evaluated: StepResult) -> StepResult:
+    """Decide once per evaluated model whether it may be promoted; a passed decision stands on re-runs.
+
+    The live model's figures are part of the decision, not of the step's key: otherwise re-running a
+    date that was already promoted (a backfill re-run, say) would judge the model against itself or
+    its successors and change the registry.
+    """
     version = str(evaluated.manifest["model_version"])
     metrics = dict(evaluated.manifest["metrics"])
+    inputs = {"evaluate": evaluated.key}
+    params = {"quality_margin": settings.quality_margin}
+    final = settings.artifacts / "quality_gate" / step_key("quality_gate", inputs, params)
+    if not settings.force and (final / MANIFEST).is_file():
+        log.info("quality_gate: %s was already judged promotable (%s)", version, final / "decision.json")
+        return load_result(final)
     catalog = Catalog.from_settings(settings)
     active = catalog.active()
     decision = decide(version, metrics, active, settings.quality_margin)
@@ -125,11 +137,8 @@ def quality_gate(settings: Settings, evaluated: StepResult) -> StepResult:
                               report=_failed_report(settings, "quality_gate", inputs, params, "decision.json"))
         return {"model_version": version, "decision": decision}
 
-    inputs = {"evaluate": evaluated.key}
-    params = {"quality_margin": settings.quality_margin, "active": decision["active_version"],
-              "active_hr@10": decision["active_hr@10"]}
-    return run_step(settings.artifacts, "quality_gate", inputs=inputs, params=params, build=build,
-                    force=settings.force)
+    return run_step(settings.artifacts, "quality_gate", inputs=inputs, params=params, build=build, force=True,
+                    key=final.name)
 
 
 # --- load_vectors ------------------------------------------------------------------------------
@@ -336,8 +345,18 @@ def promote(settings: Settings, loaded: StepResult) -> StepResult:
 
     return _store_step(settings, "promote", inputs={"load_vectors": loaded.key},
                        params={"keep_versions": settings.keep_versions},
-                       in_sync=lambda: store.live_collection() == name
-                       and (catalog.active() or {}).get("version") == version, build=build)
+                       in_sync=lambda: _promoted_before(store, catalog, name, version), build=build)
+
+
+def _promoted_before(store: VectorStore, catalog: Catalog, name: str, version: str) -> bool:
+    """True when this version is live, or was live and a later promotion replaced it.
+
+    Re-running an old date must not switch the alias back to its model: `recsys rollback` does that.
+    """
+    if store.live_collection() == name and (catalog.active() or {}).get("version") == version:
+        return True
+    row = catalog.version(version) or {}
+    return row.get("status") == "retired" and row.get("promoted_at") is not None
 
 
 def status(settings: Settings) -> dict[str, Any]:

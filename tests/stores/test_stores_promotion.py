@@ -143,3 +143,17 @@ def test_cli_status_rollback_and_recommend(stores: Settings, capsys: pytest.Capt
     assert main(["rollback", "--json", *home]) == 2  # nothing retired to go back to
     assert main(["rollback", "--to", "vdoesnotexist", "--json", *home]) == 2
     capsys.readouterr()
+
+
+def test_rerunning_an_older_version_changes_nothing(stores: Settings) -> None:
+    """A backfill re-run of an earlier date: its gate and promotion stand, the newer model stays live."""
+    v1 = make_release(stores, "one", hr=0.10)
+    v2 = make_release(stores, "two", processed=v1.processed, hr=0.20)
+    ship(stores, v1)
+    ship(stores, v2)
+    catalog = Catalog.from_settings(stores)
+    before = {r["version"]: (r["status"], r["promoted_at"]) for r in catalog.versions()}
+    again = ship(stores, v1)  # v1 is now 0.10 below the live model: it must not be re-judged against v2
+    assert again["quality_gate"].skipped and again["promote"].skipped
+    assert _live(stores) == collection_name(v2.version)
+    assert {r["version"]: (r["status"], r["promoted_at"]) for r in catalog.versions()} == before
