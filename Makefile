@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export DGLBACKEND := pytorch
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test bench clean
+.PHONY: install demo ui test bench clean
 
 install: $(STAMP)
 
@@ -20,15 +20,23 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/pip check
 	touch $(STAMP)
 
-# The main job end to end on the embedded defaults (Milvus Lite, SQLite) and the default snapshot.
+# The main job end to end on the embedded defaults (Milvus Lite, SQLite) and the default snapshot:
+# the whole DAG once with `airflow dags test`, then recommendations from the live model.
 demo: install
-	$(BIN)/recsys run
+	scripts/airflow-demo.sh
+
+# Airflow's UI, scheduler and API server (with the recommendations API and view) on one Milvus server.
+ui: install
+	scripts/airflow-ui.sh
 
 test: install
 	$(BIN)/python -m pytest
 
 bench: install
 	$(BIN)/python bench/ingest_preprocess.py
+	$(BIN)/python bench/baselines_ml1m.py
+	$(BIN)/python bench/train_ml1m.py
+	$(BIN)/python bench/serving_latency.py
 
 clean:
 	rm -rf $(VENV) .recsys airflow_home

@@ -1,0 +1,108 @@
+"""Airflow 3 plugin: the recommendations API under /recsys and a "Recommender" view in the UI.
+
+- /recsys/...     recsys_tasks.serving.api (health, similar movies, history recommendations, title search)
+- /recsys-ui/     a small page, shown in the Airflow UI's navigation (Browse → Recommender): the live
+                  model version and its metrics, the last runs with their gate results, the training
+                  curve, and a movie search that shows recommendations (it calls /recsys with fetch()).
+
+Settings come from the API server's environment (RECSYS_*), as for the CLI. Heavy imports (the
+recsys stores, pymilvus, numpy) happen when the API server starts or a request arrives, never when
+the scheduler or a worker loads plugins. Airflow only mounts these apps in its API server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, ClassVar
+
+from airflow.plugins_manager import AirflowPlugin
+from fastapi import FastAPI, HTTPException, Query
+from fastapi.responses import FileResponse
+
+PAGE = Path(__file__).resolve().parent / "recsys_ui" / "index.html"
+GATES = ("validate_raw", "validate_processed", "validate_graph", "quality_gate", "validate_embeddings",
+         "smoke_test")
+
+
+@lru_cache(maxsize=1)
+def _settings():  # -> recsys_tasks.config.Settings
+    from recsys_tasks.config import load_settings
+
+    return load_settings()
+
+
+@asynccontextmanager
+async def _mount_serving_api(app: FastAPI) -> AsyncIterator[None]:
+    """Build the serving app when the API server starts (Airflow runs mounted apps' lifespans)."""
+    from recsys_tasks.serving.api import create_app
+
+    app.mount("/", create_app(_settings()))
+    yield
+
+
+api_app = FastAPI(title="movielens-recsys API (Airflow plugin)", lifespan=_mount_serving_api,
+                  docs_url=None, redoc_url=None, openapi_url=None)
+ui_app = FastAPI(title="movielens-recsys view", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+@ui_app.get("/", include_in_schema=False)
+def page() -> FileResponse:
+    return FileResponse(PAGE, media_type="text/html")
+
+
+@ui_app.get("/status.json")
+def live_status(runs: int = Query(10, ge=1, le=100)) -> dict[str, Any]:
+    """The live model (recsys status), the registry, and the last runs with their gate results."""
+    from sqlalchemy import func, select
+
+    from recsys_tasks.stores.catalog import Catalog
+    from recsys_tasks.stores.catalog import runs as runs_table
+    from recsys_tasks.stores.steps import status
+
+    settings = _settings()
+    catalog = Catalog.from_settings(settings)
+    recent = (select(runs_table.c.run_id, func.max(runs_table.c.finished_at).label("finished"))
+              .group_by(runs_table.c.run_id).order_by(func.max(runs_table.c.finished_at).desc()).limit(runs))
+    with catalog.engine.connect() as conn:
+        order = [(r.run_id, r.finished) for r in conn.execute(recent)]
+        rows = conn.execute(select(runs_table).where(runs_table.c.run_id.in_([r for r, _ in order]))).all()
+    steps: dict[str, dict[str, str]] = {run_id: {} for run_id, _ in order}
+    for row in rows:
+        steps[row.run_id][row.step] = row.status
+    return {
+        **status(settings),
+        "versions": catalog.versions()[:20],
+        "gates": list(GATES),
+        "runs": [{"run_id": run_id, "finished_at": finished, "steps": steps[run_id]} for run_id, finished in order],
+    }
+
+
+@ui_app.get("/curve.png", include_in_schema=False)
+def training_curve() -> FileResponse:
+    """curve.png of the live model's train folder (model_version = "v" + the train step's key[:12])."""
+    from recsys_tasks.stores.steps import status
+
+    settings = _settings()
+    live = status(settings)["live"]
+    if not live:
+        raise HTTPException(404, "no live model")
+    curves = sorted((settings.artifacts / "train").glob(f"{live['model_version'][1:]}*/curve.png"))
+    if not curves:
+        raise HTTPException(404, f"no training curve for {live['model_version']}")
+    return FileResponse(curves[0], media_type="image/png")
+
+
+class RecsysPlugin(AirflowPlugin):
+    name = "recsys"
+    fastapi_apps: ClassVar[list[dict[str, Any]]] = [
+        {"app": api_app, "url_prefix": "/recsys", "name": "recsys API"},
+        {"app": ui_app, "url_prefix": "/recsys-ui", "name": "recsys view"},
+    ]
+    external_views: ClassVar[list[dict[str, Any]]] = [
+        # href without a leading slash: resolved against the UI's <base href>, so a base_url sub-path works
+        {"name": "Recommender", "href": "recsys-ui/", "url_route": "recsys", "destination": "nav",
+         "category": "browse"},
+    ]
