@@ -9,7 +9,7 @@ source "$(dirname "$0")/airflow-env.sh"
 MILVUS_PORT="${RECSYS_MILVUS_PORT:-19530}"
 export RECSYS_MILVUS_URI="${RECSYS_MILVUS_URI:-http://127.0.0.1:$MILVUS_PORT}"
 if [[ "$RECSYS_MILVUS_URI" == "http://127.0.0.1:$MILVUS_PORT" ]]; then
-  milvus-lite server --data-dir "$RECSYS_HOME/milvus-server" --host 127.0.0.1 --port "$MILVUS_PORT" &
+  milvus-lite server --data-dir "$RECSYS_HOME/milvus.db" --host 127.0.0.1 --port "$MILVUS_PORT" &
   MILVUS_PID=$!
   trap 'kill "$MILVUS_PID" 2>/dev/null || true' EXIT
   for _ in $(seq 60); do
