@@ -35,7 +35,7 @@ class Settings:
     sampler: str = "auto"
     epochs: int = 8
     embed_dim: int = 64
-    batch_size: int = 512
+    batch_size: int = 1024
     lr: float = 3e-3
     seed: int = 42
     num_workers: int = 0

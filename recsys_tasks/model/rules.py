@@ -1,7 +1,9 @@
 """How a user's history becomes one query vector: the rule evaluation measures and serving uses.
 
-`latest` is DGL's rule (the nearest neighbours of the most recent movie); `history` mixes the
-recent movies' embeddings with weights that halve every `half_life` steps back in time.
+`latest` is DGL's rule (the nearest neighbours of the most recent movie). `history` is a weighted
+mean of the recent movies' embeddings: with `weights` (newest first, learned jointly with the model
+and saved in the train step's rule.json) or, without them, weights that halve every `half_life`
+steps back in time. Rows are always ordered oldest -> newest.
 """
 
 from __future__ import annotations
@@ -14,16 +16,21 @@ DEFAULT_RULE: dict[str, Any] = {"name": "history", "half_life": 3.0, "max_items"
 
 
 def latest_query(vectors: np.ndarray) -> np.ndarray:
-    """DGL's rule: the most recent movie's vector (rows are ordered oldest -> newest)."""
+    """DGL's rule: the most recent movie's vector."""
     return np.asarray(vectors[-1], dtype=np.float32)
 
 
 def history_query(vectors: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
-    """Recency-weighted mean of the last `max_items` vectors (rows ordered oldest -> newest)."""
+    """Weighted mean of the most recent vectors (learned position weights, or a half-life decay)."""
     p = {**DEFAULT_RULE, **(params or {})}
-    recent = np.asarray(vectors[-int(p["max_items"]):], dtype=np.float32)
-    if recent.shape[0] == 0:
+    if p.get("weights"):
+        weights = np.asarray(p["weights"], dtype=np.float32)
+    else:
+        age = np.arange(int(p["max_items"]), dtype=np.float32)  # 0 for the newest
+        weights = 0.5 ** (age / float(p["half_life"]))
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.shape[0] == 0:
         raise ValueError("empty history")
-    age = np.arange(recent.shape[0] - 1, -1, -1, dtype=np.float32)  # 0 for the newest
-    weights = 0.5 ** (age / float(p["half_life"]))
-    return (weights[:, None] * recent).sum(axis=0) / weights.sum()
+    recent = vectors[::-1][: len(weights)]  # newest first
+    w = weights[: recent.shape[0]]
+    return (w[:, None] * recent).sum(axis=0) / w.sum()

@@ -1,0 +1,134 @@
+"""Training on planted next-movie structure: it learns, it resumes after a crash, it refuses bad input."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from recsys_tasks.artifacts import StepResult
+from recsys_tasks.config import ConfigError, Settings
+from recsys_tasks.errors import InputError
+from recsys_tasks.graph.arrays import load_arrays, save_arrays
+from recsys_tasks.graph.build import build_graph
+from recsys_tasks.graph.sequences import Sequences
+from recsys_tasks.model import rules
+from recsys_tasks.model import train as train_mod
+from recsys_tasks.model.metrics import evaluate_scorer
+from recsys_tasks.model.train import Validation, train
+from tests.graph.test_graph_build import write_planted
+
+FAST = {"epochs": 3, "embed_dim": 16, "batch_size": 128, "lr": 0.01, "sampler": "torch", "device": "cpu"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+@pytest.fixture
+def planted(tmp_path: Path, settings: Settings) -> tuple[StepResult, StepResult]:
+    processed = write_planted(tmp_path / "pre", n_users=150)
+    return processed, build_graph(processed, settings.artifacts)
+
+
+def test_learns_next_movie_structure_popularity_cannot(planted, settings: Settings) -> None:
+    processed, graph = planted
+    result = train(processed, graph, settings.replace(**FAST))
+    g = load_arrays(graph.path)
+    emb = np.load(result.out("embeddings.npy"))
+    rule = json.loads(result.out("rule.json").read_text())
+    val = Validation.build(g, Sequences.from_graph(g), pd.read_parquet(processed.out("val.parquet")))
+    popularity = g.movie_degree().astype(np.float64)
+    pop = evaluate_scorer(
+        lambda rows: np.tile(popularity, (len(rows), 1)), np.arange(len(val.targets)), val.targets, val.seen
+    )
+    model = val.evaluate(emb, rule)
+    assert pop["hr@10"] < 0.4
+    assert model["latest"]["hr@10"] > pop["hr@10"] + 0.3
+    assert model["history"]["hr@10"] > pop["hr@10"] + 0.3
+    assert result.manifest["metrics"]["val_hr@10"] == pytest.approx(model["history"]["hr@10"])
+
+
+@pytest.mark.parametrize("sampler", ["torch", "dgl"])
+def test_outputs_follow_the_contract(planted, settings: Settings, sampler: str) -> None:
+    processed, graph = planted
+    s = settings.replace(**{**FAST, "epochs": 1, "sampler": sampler})
+    result = train(processed, graph, s)
+    emb = np.load(result.out("embeddings.npy"))
+    assert emb.shape == (42, 16) and emb.dtype == np.float32
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)  # unrated movies included
+    assert result.manifest["model_version"] == "v" + result.key[:12]
+    assert result.manifest["params"]["device"] == "cpu"
+    assert {"model.pt", "metrics.json", "curve.png", "embeddings.npy", "rule.json"} <= {
+        p.name for p in result.path.iterdir()
+    }
+    rule = json.loads(result.out("rule.json").read_text())
+    assert rules.history_query(emb[:5], rule).shape == (16,)
+    assert not (s.artifacts / "train" / ".checkpoints" / result.key).exists()
+    assert train(processed, graph, s).skipped
+
+
+def test_resume_after_a_crash_matches_an_uninterrupted_run(
+    planted,
+    settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    processed, graph = planted
+    whole = train(processed, graph, settings.replace(**FAST))
+
+    crashing = settings.replace(**FAST, home=tmp_path / "crash")
+    graph2 = build_graph(processed, crashing.artifacts)
+    real_save = train_mod.save_checkpoint
+
+    def save_then_crash(path: Path, obj: dict) -> None:
+        real_save(path, obj)
+        raise RuntimeError("worker lost after epoch 1")
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_crash)
+    with pytest.raises(RuntimeError, match="worker lost"):
+        train(processed, graph2, crashing)
+    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    with caplog.at_level(logging.INFO, logger="recsys_tasks.model.train"):
+        resumed = train(processed, graph2, crashing)
+    assert "resuming after epoch 1" in caplog.text
+    assert resumed.key == whole.key
+    assert np.array_equal(np.load(resumed.out("embeddings.npy")), np.load(whole.out("embeddings.npy")))
+    assert untimed(resumed) == untimed(whole)
+    assert len(untimed(whole)) == FAST["epochs"] or whole.manifest["best_epoch"] < FAST["epochs"]
+
+
+def untimed(result: StepResult) -> list[dict]:
+    epochs = json.loads(result.out("metrics.json").read_text())["epochs"]
+    return [{k: v for k, v in e.items() if not k.endswith("_s")} for e in epochs]
+
+
+def test_empty_train_split_is_bad_input(settings: Settings, tmp_path: Path) -> None:
+    processed = write_planted(tmp_path / "pre", n_users=5)
+    folder = tmp_path / "graph"
+    folder.mkdir()
+    full = load_arrays(build_graph(processed, settings.artifacts).path)
+    empty = type(full)(
+        **{
+            **full.__dict__,
+            **{k: getattr(full, k)[:0] for k in ("user_idx", "movie_idx", "rating", "timestamp")},
+        }
+    )
+    save_arrays(folder, empty)
+    graph = StepResult("build_graph", folder, {"key": "empty"}, skipped=True)
+    with pytest.raises(InputError, match="train split is empty.*train_not_empty"):
+        train(processed, graph, settings.replace(**FAST))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present")
+def test_cuda_without_a_gpu_is_a_config_error(planted, settings: Settings) -> None:
+    processed, graph = planted
+    with pytest.raises(ConfigError, match="cuda.*no CUDA GPU"):
+        train(processed, graph, settings.replace(**{**FAST, "device": "cuda"}))
