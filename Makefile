@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export DGLBACKEND := pytorch
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo ui test bench clean
+.PHONY: install demo ui test browser bench clean
 
 install: $(STAMP)
 
@@ -29,8 +29,14 @@ demo: install
 ui: install
 	scripts/airflow-ui.sh
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest
+
+# Headless Chromium for the plugin's browser test (Debian packages; needs root, as in CI).
+browser:
+	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+	  echo "chromium not installed (not root): the browser test will be skipped"
 
 bench: install
 	$(BIN)/python bench/ingest_preprocess.py
