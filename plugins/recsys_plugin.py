@@ -3,7 +3,8 @@
 - /recsys/...     recsys_tasks.serving.api (health, similar movies, history recommendations, title search)
 - /recsys-ui/     a small page, shown in the Airflow UI's navigation (Browse → Recommender): the live
                   model version and its metrics, the last runs with their gate results, the training
-                  curve, and a movie search that shows recommendations (it calls /recsys with fetch()).
+                  curve, test HR@10 over the model versions, and a movie search that shows
+                  recommendations (it calls /recsys with fetch()).
 
 Settings come from the API server's environment (RECSYS_*), as for the CLI. Heavy imports (the
 recsys stores, pymilvus, numpy) happen when the API server starts or a request arrives, never when
@@ -20,7 +21,7 @@ from typing import Any, ClassVar
 
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import FastAPI, HTTPException, Query
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 
 PAGE = Path(__file__).resolve().parent / "recsys_ui" / "index.html"
 GATES = ("validate_raw", "validate_processed", "validate_graph", "quality_gate", "validate_embeddings",
@@ -93,6 +94,15 @@ def training_curve() -> FileResponse:
     if not curves:
         raise HTTPException(404, f"no training curve for {live['model_version']}")
     return FileResponse(curves[0], media_type="image/png")
+
+
+@ui_app.get("/quality.png", include_in_schema=False)
+def quality_plot() -> Response:
+    """Test HR@10 per method over the registered model versions (drawn per request, never cached)."""
+    from recsys_tasks.serving.quality_plot import quality_plot_png
+
+    return Response(quality_plot_png(_settings()), media_type="image/png",
+                    headers={"Cache-Control": "no-store"})
 
 
 class RecsysPlugin(AirflowPlugin):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +38,10 @@ class Settings:
     batch_size: int = 1024
     lr: float = 3e-3
     seed: int = 42
-    num_workers: int = 0
     # serving and promotion
     keep_versions: int = 2
     quality_margin: float = 0.02
     force: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def artifacts(self) -> Path:
@@ -113,8 +111,8 @@ _ENV: dict[str, tuple[str, type]] = {
     "epochs": ("RECSYS_EPOCHS", int),
     "embed_dim": ("RECSYS_EMBED_DIM", int),
     "batch_size": ("RECSYS_BATCH_SIZE", int),
+    "lr": ("RECSYS_LR", float),
     "seed": ("RECSYS_SEED", int),
-    "num_workers": ("RECSYS_NUM_WORKERS", int),
     "keep_versions": ("RECSYS_KEEP_VERSIONS", int),
     "quality_margin": ("RECSYS_QUALITY_MARGIN", float),
 }

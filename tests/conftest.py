@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,19 @@ import pytest
 os.environ.setdefault("DGLBACKEND", "pytorch")
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Airflow reads its configuration when first imported, so its home is set at collection time: one
+# throwaway home (SQLite metadata DB) per test session for the DAG and plugin tests, never ~/airflow.
+if "RECSYS_TEST_AIRFLOW_HOME" not in os.environ:
+    os.environ["RECSYS_TEST_AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="recsys-airflow-")
+os.environ.update({
+    "AIRFLOW_HOME": os.environ["RECSYS_TEST_AIRFLOW_HOME"],
+    "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+    "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+    "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+})
 SHARED_DATA = Path(os.environ.get("RECSYS_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 

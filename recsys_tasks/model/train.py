@@ -193,8 +193,9 @@ def fit(
         log.info("train: resuming after epoch %d from %s", state["epoch"], ckpt)
     amp = device.type == "cuda"
     # a small catalog's pass is a handful of batches: repeat it so an epoch is at least MIN_STEPS updates
-    n_batches = max(-(-len(positions) // settings.batch_size), MIN_STEPS)
-    passes = -(-n_batches * settings.batch_size // len(positions))
+    batch_size = min(settings.batch_size, len(positions))  # a batch larger than the data is the data
+    n_batches = max(-(-len(positions) // batch_size), MIN_STEPS)
+    passes = -(-n_batches * batch_size // len(positions))
     while state["epoch"] < settings.epochs and state["bad"] < PATIENCE:
         epoch = state["epoch"] + 1
         torch.manual_seed(settings.seed * 100_003 + epoch)  # dropout: the same on a resumed run
@@ -210,7 +211,7 @@ def fit(
                     device
                 )
                 sampling += time.perf_counter() - t0
-            batch = order[step * settings.batch_size : (step + 1) * settings.batch_size]
+            batch = order[step * batch_size : (step + 1) * batch_size]
             window, valid = seqs.windows(batch, HISTORY_LEN)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 loss = batch_loss(

@@ -1,12 +1,8 @@
-"""Airflow for the DAG tests: a throwaway AIRFLOW_HOME with a SQLite metadata DB, set before Airflow loads.
-
-Airflow reads its configuration when first imported, so the environment is set at collection time.
-"""
+"""Airflow for the DAG tests: the session's throwaway AIRFLOW_HOME (tests/conftest.py), migrated once."""
 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,18 +10,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 DAG_FILE = REPO / "dags" / "movielens_recsys.py"
-
-# One throwaway home per test session (tests/plugins/conftest.py shares it); never the user's ~/airflow.
-if "RECSYS_TEST_AIRFLOW_HOME" not in os.environ:
-    os.environ["RECSYS_TEST_AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="recsys-airflow-")
-os.environ.update({
-    "AIRFLOW_HOME": os.environ["RECSYS_TEST_AIRFLOW_HOME"],
-    "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-    "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-    "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-    "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
-})
 
 
 @pytest.fixture(scope="session")

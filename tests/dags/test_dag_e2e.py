@@ -164,10 +164,9 @@ def test_corrupted_snapshot_fails_at_validate_raw_and_keeps_the_live_model(
 
 def test_bad_model_is_rejected_by_the_quality_gate(pipeline: Pipeline, first: dict[str, Any],
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    # One optimiser step at a small learning rate on a 4-dimensional embedding: barely trained.
-    monkeypatch.setenv("RECSYS_BATCH_SIZE", "1000000")
+    # A 4-dimensional embedding at a learning rate too small to move it: an untrained model.
     monkeypatch.setenv("RECSYS_QUALITY_MARGIN", "0")
-    run, states = pipeline.run(4, epochs=1, embed_dim=4, lr=0.001)
+    run, states = pipeline.run(4, epochs=1, embed_dim=4, lr=1e-7)
     assert states["train"] == "success" and states["evaluate"] == "success"
     assert states["quality_gate"] == "failed"
     assert all(states[s] == "upstream_failed" for s in STEPS[STEPS.index("quality_gate") + 1:])

@@ -71,6 +71,10 @@ def test_mounted_api_and_view_answer_without_a_live_model(airflow_api) -> None:
     body = status.json()
     assert body["live"] is None and body["runs"] == [] and "quality_gate" in body["gates"]
     assert airflow_api.get("/recsys-ui/curve.png").status_code == 404
+    quality = airflow_api.get("/recsys-ui/quality.png")  # the "no model versions yet" figure
+    assert quality.status_code == 200 and quality.headers["content-type"] == "image/png"
+    assert quality.content.startswith(b"\x89PNG") and quality.headers["cache-control"] == "no-store"
     page = airflow_api.get("/recsys-ui/")
     assert page.status_code == 200 and "Recommender" in page.text and 'const API = "../recsys"' in page.text
+    assert 'src = "quality.png?t="' in page.text
     assert airflow_api.get("/recsys/movies", params={"query": "toy"}).json() == []
