@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recsys_tasks.data.formats import find_release, read_release  # noqa: E402
-from recsys_tasks.data.preprocess import split_ratings  # noqa: E402
-from recsys_tasks.model.evaluate import evaluate_split  # noqa: E402
+from recsys_tasks.data.formats import find_release, read_release
+from recsys_tasks.data.preprocess import split_ratings
+from recsys_tasks.model.evaluate import evaluate_split
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -167,7 +167,7 @@ def run_step(root: Path, step: str, *, inputs: dict[str, Any], params: dict[str,
         "params": params,
         "code_version": code_version(),
         "outputs": dir_checksums(tmp),
-        "started_at": datetime.fromtimestamp(started, timezone.utc).isoformat(),
+        "started_at": datetime.fromtimestamp(started, UTC).isoformat(),
         "duration_s": round(time.time() - started, 3),
         **facts,
     }
