@@ -94,11 +94,11 @@ def read_release(release: Release) -> Tables:
     if release.kind in ("ml-1m", "ml-10m"):
         ratings = read_ratings(release.path("ratings.dat"), sep="::")
         movies = _movies_dat(release.path("movies.dat"))
-        users = _users_dat(release.path("users.dat")) if release.kind == "ml-1m" else None
+        users = _users(release.path("users.dat"), "::", ML1M_USER_FIELDS) if release.kind == "ml-1m" else None
     elif release.kind == "ml-100k":
         ratings = read_ratings(release.path("u.data"), sep="\t")
         movies = _u_item(release.path("u.item"), _u_genre(release.path("u.genre")))
-        users = _u_user(release.path("u.user"))
+        users = _users(release.path("u.user"), "|", ML100K_USER_FIELDS)
     else:
         ratings = read_ratings(release.path("ratings.csv"), sep=",", header=_CSV_RATING_COLUMNS)
         movies = _movies_csv(release.path("movies.csv"))
@@ -242,11 +242,17 @@ def _movies_dat(path: Path) -> pa.Table:
     return _movies_table(rows)
 
 
-def _users_dat(path: Path) -> pa.Table:
+ML1M_USER_FIELDS = ("user_id", "gender", "age", "occupation", "zip")
+ML100K_USER_FIELDS = ("user_id", "age", "gender", "occupation", "zip")
+
+
+def _users(path: Path, sep: str, fields: tuple[str, ...]) -> pa.Table:
+    """users.dat (`::`, user/gender/age/...) and u.user (`|`, user/age/gender/...): same fields, two orders."""
     rows = []
     for row, line in _lines(path, "latin-1"):
-        user_id, gender, age, occupation, zip_code = _split(line, "::", 5, path, row)
-        rows.append((_int(user_id, path, row, "user_id"), gender, _int(age, path, row, "age"), occupation, zip_code))
+        f = dict(zip(fields, _split(line, sep, 5, path, row)))
+        rows.append((_int(f["user_id"], path, row, "user_id"), f["gender"], _int(f["age"], path, row, "age"),
+                     f["occupation"], f["zip"]))
     return _users_table(rows)
 
 
@@ -277,14 +283,6 @@ def _u_item(path: Path, genre_names: list[str]) -> pa.Table:
         genres = "|".join(name for name, flag in zip(genre_names, flags) if flag == "1")
         rows.append((_int(fields[0], path, row, "movie_id"), fields[1], _genres(genres)))
     return _movies_table(rows)
-
-
-def _u_user(path: Path) -> pa.Table:
-    rows = []
-    for row, line in _lines(path, "latin-1"):
-        user_id, age, gender, occupation, zip_code = _split(line, "|", 5, path, row)
-        rows.append((_int(user_id, path, row, "user_id"), gender, _int(age, path, row, "age"), occupation, zip_code))
-    return _users_table(rows)
 
 
 def _movies_csv(path: Path) -> pa.Table:
