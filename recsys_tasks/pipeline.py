@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from recsys_tasks.artifacts import StepResult
-from recsys_tasks.config import Settings
+from recsys_tasks.config import ConfigError, Settings
 
 STEPS = (
     "ingest", "validate_raw", "preprocess", "validate_processed", "build_graph", "validate_graph",
@@ -115,8 +115,6 @@ def run(s: Settings, until: str = "promote",
         on_step: Callable[[StepResult], Any] | None = None) -> dict[str, StepResult]:
     """Every step in order up to and including `until`; returns the results by step name."""
     if until not in STEPS:
-        from recsys_tasks.config import ConfigError
-
         raise ConfigError(f"until: {until!r} is not a step; steps are {', '.join(STEPS)}")
     r: dict[str, StepResult] = {}
     plan: list[tuple[str, Callable[[], StepResult]]] = [
