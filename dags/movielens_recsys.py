@@ -46,28 +46,18 @@ from typing import Any
 
 from airflow.sdk import Asset, Param, chain, dag, task
 
-GATES = {"validate_raw", "validate_processed", "validate_graph", "validate_embeddings", "quality_gate",
-         "smoke_test"}
-IO_STEPS = {"ingest", "load_vectors", "load_catalog", "promote"}
-# Which step folders each step reads, in the order of its recsys_tasks.pipeline signature.
-READS: dict[str, tuple[str, ...]] = {
-    "ingest": (), "validate_raw": ("ingest",), "preprocess": ("ingest",),
-    "validate_processed": ("preprocess",), "build_graph": ("preprocess",),
-    "validate_graph": ("build_graph", "preprocess"), "train": ("preprocess", "build_graph"),
-    "evaluate": ("preprocess", "build_graph", "train"), "quality_gate": ("evaluate",),
-    "export_embeddings": ("build_graph", "train"), "validate_embeddings": ("export_embeddings", "preprocess"),
-    "load_vectors": ("export_embeddings", "preprocess"), "load_catalog": ("preprocess", "evaluate"),
-    "smoke_test": ("load_vectors", "export_embeddings"), "promote": ("load_vectors",),
-}
+from recsys_tasks.pipeline import BY_NAME, STEPS
+
 SETTING_PARAMS = ("epochs", "embed_dim", "lr", "device", "sampler", "skip_checksum", "force")
 LIVE_MODEL = Asset("recsys://milvus/movies")
 log = logging.getLogger(__name__)
 
 
 def _task_options(step: str) -> dict[str, Any]:
-    if step in GATES:
+    kind = BY_NAME[step].kind
+    if kind == "gate":
         return {"retries": 0}
-    if step in IO_STEPS:
+    if kind == "io":
         return {"retries": 3, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": 2.0,
                 "max_retry_delay": timedelta(minutes=10)}
     if step == "train":
@@ -202,8 +192,8 @@ def _record(settings, run_id: str, step: str, status: str, started: datetime,
 def movielens_recsys() -> None:
     cfg = resolve_config()
     done: dict[str, Any] = {}
-    for step, reads in READS.items():
-        done[step] = step_task(step)(cfg, *(done[r] for r in reads))
+    for step in STEPS:
+        done[step.name] = step_task(step.name)(cfg, *(done[r] for r in step.reads))
     chain(cfg, *done.values())  # the gates sit between the steps: nothing runs past a failed one
 
 

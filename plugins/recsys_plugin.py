@@ -23,9 +23,9 @@ from airflow.plugins_manager import AirflowPlugin
 from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import FileResponse, Response
 
+from recsys_tasks.pipeline import GATES
+
 PAGE = Path(__file__).resolve().parent / "recsys_ui" / "index.html"
-GATES = ("validate_raw", "validate_processed", "validate_graph", "quality_gate", "validate_embeddings",
-         "smoke_test")
 
 
 @lru_cache(maxsize=1)

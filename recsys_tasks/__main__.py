@@ -15,7 +15,7 @@ from typing import Any
 
 from recsys_tasks.config import DEVICES, SAMPLERS, ConfigError, Settings, load_settings
 from recsys_tasks.errors import InputError
-from recsys_tasks.pipeline import STEPS
+from recsys_tasks.pipeline import NAMES as STEPS
 
 
 def _settings_args(p: argparse.ArgumentParser) -> None:

@@ -1,23 +1,23 @@
-"""The pipeline's steps, in order; the same functions the CLI (`recsys run`) and the DAG call.
+"""The pipeline's one step table, and `run`: what the CLI (`recsys run`), the DAG and the tests derive from.
 
-Each step takes the settings and the results of the steps it reads, and returns a StepResult (its
-folder and manifest). Heavy libraries are imported inside each step so that importing this module
-(from a DAG file, say) stays cheap.
+Each step is a function `(settings, *results of the steps it reads) -> StepResult`. The table says, per
+step, which earlier steps it reads, its stage (the DAG's task group) and its kind: a `gate` checks and
+stops the run (never retried), an `io` step talks to a store or the network (retried with backoff), a
+`compute` step transforms files. Heavy libraries are imported inside each step, so importing this
+module (from a DAG file, say) stays cheap.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from recsys_tasks.artifacts import StepResult
 from recsys_tasks.config import ConfigError, Settings
 
-STEPS = (
-    "ingest", "validate_raw", "preprocess", "validate_processed", "build_graph", "validate_graph",
-    "train", "evaluate", "quality_gate", "export_embeddings", "validate_embeddings", "load_vectors",
-    "load_catalog", "smoke_test", "promote",
-)
+Stage = Literal["data", "model", "release"]
+Kind = Literal["gate", "io", "compute"]
 
 
 def ingest(s: Settings) -> StepResult:
@@ -111,33 +111,55 @@ def promote(s: Settings, loaded: StepResult) -> StepResult:
     return step(s, loaded)
 
 
+@dataclass(frozen=True)
+class Step:
+    name: str
+    stage: Stage
+    kind: Kind
+    reads: tuple[str, ...]  # the steps whose results `run` takes, in its argument order
+    run: Callable[..., StepResult]
+
+
+STEPS: tuple[Step, ...] = (
+    Step("ingest", "data", "io", (), ingest),
+    Step("validate_raw", "data", "gate", ("ingest",), validate_raw),
+    Step("preprocess", "data", "compute", ("ingest",), preprocess),
+    Step("validate_processed", "data", "gate", ("preprocess",), validate_processed),
+    Step("build_graph", "data", "compute", ("preprocess",), build_graph),
+    Step("validate_graph", "data", "gate", ("build_graph", "preprocess"), validate_graph),
+    Step("train", "model", "compute", ("preprocess", "build_graph"), train),
+    Step("evaluate", "model", "compute", ("preprocess", "build_graph", "train"), evaluate),
+    Step("quality_gate", "model", "gate", ("evaluate",), quality_gate),
+    Step("export_embeddings", "model", "compute", ("build_graph", "train"), export_embeddings),
+    Step("validate_embeddings", "model", "gate", ("export_embeddings", "preprocess"), validate_embeddings),
+    Step("load_vectors", "release", "io", ("export_embeddings", "preprocess"), load_vectors),
+    Step("load_catalog", "release", "io", ("preprocess", "evaluate"), load_catalog),
+    Step("smoke_test", "release", "gate", ("load_vectors", "export_embeddings"), smoke_test),
+    Step("promote", "release", "io", ("load_vectors",), promote),
+)
+NAMES: tuple[str, ...] = tuple(s.name for s in STEPS)
+BY_NAME: dict[str, Step] = {s.name: s for s in STEPS}
+GATES: tuple[str, ...] = tuple(s.name for s in STEPS if s.kind == "gate")
+
+
+def run_one(s: Settings, name: str, inputs: Sequence[StepResult]) -> StepResult:
+    """One step on the results of the steps it reads (in `reads` order)."""
+    step = BY_NAME[name]
+    if len(inputs) != len(step.reads):
+        raise TypeError(f"{name} reads {', '.join(step.reads) or 'nothing'}; got {len(inputs)} results")
+    return step.run(s, *inputs)
+
+
 def run(s: Settings, until: str = "promote",
         on_step: Callable[[StepResult], Any] | None = None) -> dict[str, StepResult]:
     """Every step in order up to and including `until`; returns the results by step name."""
-    if until not in STEPS:
-        raise ConfigError(f"until: {until!r} is not a step; steps are {', '.join(STEPS)}")
-    r: dict[str, StepResult] = {}
-    plan: list[tuple[str, Callable[[], StepResult]]] = [
-        ("ingest", lambda: ingest(s)),
-        ("validate_raw", lambda: validate_raw(s, r["ingest"])),
-        ("preprocess", lambda: preprocess(s, r["ingest"])),
-        ("validate_processed", lambda: validate_processed(s, r["preprocess"])),
-        ("build_graph", lambda: build_graph(s, r["preprocess"])),
-        ("validate_graph", lambda: validate_graph(s, r["build_graph"], r["preprocess"])),
-        ("train", lambda: train(s, r["preprocess"], r["build_graph"])),
-        ("evaluate", lambda: evaluate(s, r["preprocess"], r["build_graph"], r["train"])),
-        ("quality_gate", lambda: quality_gate(s, r["evaluate"])),
-        ("export_embeddings", lambda: export_embeddings(s, r["build_graph"], r["train"])),
-        ("validate_embeddings", lambda: validate_embeddings(s, r["export_embeddings"], r["preprocess"])),
-        ("load_vectors", lambda: load_vectors(s, r["export_embeddings"], r["preprocess"])),
-        ("load_catalog", lambda: load_catalog(s, r["preprocess"], r["evaluate"])),
-        ("smoke_test", lambda: smoke_test(s, r["load_vectors"], r["export_embeddings"])),
-        ("promote", lambda: promote(s, r["load_vectors"])),
-    ]
-    for name, call in plan:
-        r[name] = call()
+    if until not in BY_NAME:
+        raise ConfigError(f"until: {until!r} is not a step; steps are {', '.join(NAMES)}")
+    results: dict[str, StepResult] = {}
+    for step in STEPS:
+        results[step.name] = run_one(s, step.name, [results[r] for r in step.reads])
         if on_step:
-            on_step(r[name])
-        if name == until:
+            on_step(results[step.name])
+        if step.name == until:
             break
-    return r
+    return results

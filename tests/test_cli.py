@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from recsys_tasks.__main__ import main
-from recsys_tasks.pipeline import STEPS
+from recsys_tasks.pipeline import NAMES as STEPS
 
 METHODS = {"pinsage_latest", "pinsage_history", "popularity", "itemknn", "transitions"}
 

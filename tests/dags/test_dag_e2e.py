@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from recsys_tasks.pipeline import STEPS
+from recsys_tasks.pipeline import NAMES as STEPS
 
 DAG_FILE = Path(__file__).resolve().parents[2] / "dags" / "movielens_recsys.py"
 N_USERS = 120

@@ -52,8 +52,8 @@ def test_dagbag_has_no_import_errors() -> None:
 def test_one_task_per_pipeline_step_in_order(recsys_dag) -> None:
     from recsys_tasks import pipeline
 
-    assert [t.task_id for t in recsys_dag.tasks] == ["resolve_config", *pipeline.STEPS]
-    order = ["resolve_config", *pipeline.STEPS]
+    assert [t.task_id for t in recsys_dag.tasks] == ["resolve_config", *pipeline.NAMES]
+    order = ["resolve_config", *pipeline.NAMES]
     for before, after in pairwise(order):
         assert before in recsys_dag.get_task(after).upstream_task_ids, f"{before} must run before {after}"
 
@@ -61,7 +61,7 @@ def test_one_task_per_pipeline_step_in_order(recsys_dag) -> None:
 def test_each_task_reads_what_its_step_function_takes(recsys_dag) -> None:
     from recsys_tasks import pipeline
 
-    for step in pipeline.STEPS:
+    for step in pipeline.NAMES:
         task = recsys_dag.get_task(step)
         n_inputs = len(inspect.signature(getattr(pipeline, step)).parameters) - 1  # minus settings
         assert len(task.op_args) == 1 + n_inputs, step  # cfg + one step folder per StepResult argument

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from recsys_tasks.pipeline import STEPS
+from recsys_tasks.pipeline import NAMES as STEPS
 from tests.conftest import real_release
 from tests.fixtures_stores import mariadb_database
 
