@@ -10,7 +10,9 @@ and swaps it in. A step that fails on bad input keeps its partial folder (report
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -23,8 +25,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from recsys_tasks import __version__
-from recsys_tasks.errors import InputError
+from recsys_tasks import locks
+from recsys_tasks.errors import GateFailure, InputError
 from recsys_tasks.logs import get_logger
 
 log = get_logger(__name__)
@@ -74,15 +76,73 @@ def tree_fingerprint(folder: Path) -> str:
     return fingerprint(dir_checksums(folder))
 
 
-@lru_cache(maxsize=1)
-def code_version() -> str:
-    """The library's version plus a hash of its source, so a code change re-runs the steps it affects."""
-    root = Path(__file__).resolve().parent
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        digest.update(path.relative_to(root).as_posix().encode())
-        digest.update(path.read_bytes())
-    return f"{__version__}+{digest.hexdigest()[:10]}"
+# Plumbing that cannot change what a step computes: the settings that do are in each step's params.
+_PLUMBING = {"recsys_tasks", "recsys_tasks.config", "recsys_tasks.logs", "recsys_tasks.errors",
+             "recsys_tasks.artifacts", "recsys_tasks.locks"}
+_PACKAGE_ROOT = Path(__file__).resolve().parent
+
+
+def _module_file(name: str) -> Path | None:
+    """The source file of a recsys_tasks module or package, or None (not ours, or not a module)."""
+    if name != "recsys_tasks" and not name.startswith("recsys_tasks."):
+        return None
+    base = _PACKAGE_ROOT.joinpath(*name.split(".")[1:])
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _imports(name: str, path: Path) -> set[str]:
+    """recsys_tasks modules `name` imports anywhere in its source (lazy imports inside functions too)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_bytes())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parent, *([base] if base else [])])
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import module`
+    return {m for m in found if _module_file(m)}
+
+
+def _source_digest(path: Path) -> str:
+    """Hash of the code without comments, formatting and docstrings: editing those re-runs nothing."""
+    tree = ast.parse(path.read_bytes())
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()
+
+
+@lru_cache(maxsize=None)
+def module_fingerprint(module: str) -> str:
+    """A hash of `module`'s code and of every recsys_tasks module it imports, transitively.
+
+    This is the code part of a step's key: derived from the imports, so editing serving/ or a test
+    leaves the train step's key alone while editing model/ or graph/ changes it. Modules outside the
+    package (a test's fixtures, say) contribute the recsys_tasks modules they import.
+    """
+    seen: dict[str, str] = {}
+    todo = [module]
+    if _module_file(module) is None:
+        spec = importlib.util.find_spec(module)
+        origin = Path(spec.origin) if spec and spec.origin and spec.origin.endswith(".py") else None
+        todo = sorted(_imports(module, origin)) if origin else []
+    while todo:
+        name = todo.pop()
+        path = _module_file(name)
+        if name in seen or path is None:
+            continue
+        seen[name] = _source_digest(path)
+        todo.extend(_imports(name, path))
+    return fingerprint({m: d for m, d in seen.items() if m not in _PLUMBING})[:16]
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -125,35 +185,78 @@ def load_result(path: str | Path) -> StepResult:
     return StepResult(step=manifest["step"], path=path, manifest=manifest, skipped=True)
 
 
-def step_key(step: str, inputs: dict[str, Any], params: dict[str, Any]) -> str:
-    return fingerprint({"step": step, "inputs": inputs, "params": params, "code": code_version()})[:16]
+def step_key(step: str, inputs: dict[str, Any], params: dict[str, Any], *, module: str) -> str:
+    """The folder name of a step's outputs: its inputs, its parameters and the code of `module`
+    (the module that builds it) and of everything that module imports."""
+    return fingerprint({"step": step, "inputs": inputs, "params": params,
+                        "code": module_fingerprint(module)})[:16]
+
+
+FAILURE = "failure.json"  # in `<key>.failed/`: a gate's verdict, which stands until forced
 
 
 def run_step(root: Path, step: str, *, inputs: dict[str, Any], params: dict[str, Any],
              build: Callable[[Path], dict[str, Any] | None], force: bool = False,
-             key: str | None = None) -> StepResult:
+             key: str | None = None, in_sync: Callable[[], bool] | None = None) -> StepResult:
     """Run `build(tmp_folder)` unless a finished folder for the same key exists; return its result.
 
-    `inputs` are fingerprints of what the step reads, `params` the settings that change its output.
-    `build` writes its outputs into the folder it is given and returns counts (or other facts) for
-    the manifest. `key` overrides the folder name (ingest names its folder by the snapshot id).
+    `inputs` are fingerprints of what the step reads, `params` the settings that change its output;
+    the code part of the key comes from the module `build` is defined in. `build` writes its outputs
+    into the folder it is given and returns counts (or other facts) for the manifest. `key` overrides
+    the folder name (ingest names its folder by the snapshot id). `in_sync`, for steps that change an
+    external store, must also say the store holds what the folder records, else the step runs again.
+
+    One process builds a key at a time (a lock per key): a second one waits, then skips. A gate that
+    failed (GateFailure) keeps its verdict in `<key>.failed/`, and re-running it raises the same
+    failure until forced or until its inputs change (a new key).
     """
-    key = key or step_key(step, inputs, params)
+    key = key or step_key(step, inputs, params, module=build.__module__)
     step_dir = Path(root) / step
     final = step_dir / key
-    if not force and (final / MANIFEST).is_file():
-        manifest = read_json(final / MANIFEST)
-        if manifest.get("key") == key and manifest.get("status") == "done":
-            log.info("%s: skipped, outputs for key %s already in %s", step, key, final)
-            return StepResult(step, final, manifest, skipped=True)
+    done = _finished(final, key, in_sync, force)
+    if done:
+        return done
     step_dir.mkdir(parents=True, exist_ok=True)
+    with locks.current(root).hold(f"step:{step}:{key}"):
+        done = _finished(final, key, in_sync, force)  # another process may have built it while we waited
+        if done:
+            return done
+        failed = step_dir / f"{key}.failed"
+        if not force and (failed / FAILURE).is_file():
+            verdict = read_json(failed / FAILURE)
+            log.info("%s: the failed verdict for key %s stands (%s); force re-runs it", step, key, failed)
+            raise GateFailure(verdict["message"], rule=verdict.get("rule"), file=verdict.get("file"),
+                              report=verdict.get("report") and Path(verdict["report"]))
+        for stale in step_dir.glob(f".tmp-{key}-*"):  # left by a killed builder of this key
+            shutil.rmtree(stale, ignore_errors=True)
+        return _build(step_dir, step, key, inputs, params, build)
+
+
+def _finished(final: Path, key: str, in_sync: Callable[[], bool] | None, force: bool) -> StepResult | None:
+    if force or not (final / MANIFEST).is_file():
+        return None
+    manifest = read_json(final / MANIFEST)
+    if manifest.get("key") != key or manifest.get("status") != "done":
+        return None
+    if in_sync is not None and not in_sync():
+        log.info("%s: the store no longer holds what %s records; running again", manifest["step"], final)
+        return None
+    log.info("%s: skipped, outputs for key %s already in %s", manifest["step"], key, final)
+    return StepResult(manifest["step"], final, manifest, skipped=True)
+
+
+def _build(step_dir: Path, step: str, key: str, inputs: dict[str, Any], params: dict[str, Any],
+           build: Callable[[Path], dict[str, Any] | None]) -> StepResult:
     tmp = step_dir / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     started = time.time()
     log.info("%s: running (key %s)", step, key)
     try:
         facts = build(tmp) or {}
-    except InputError:
+    except InputError as exc:
+        if isinstance(exc, GateFailure):
+            write_json(tmp / FAILURE, {"message": str(exc), "rule": exc.rule,
+                                       "file": exc.file and str(exc.file), "report": exc.report and str(exc.report)})
         _replace_dir(tmp, step_dir / f"{key}.failed")  # keep the reports for the person reading them
         raise
     except BaseException:
@@ -165,17 +268,17 @@ def run_step(root: Path, step: str, *, inputs: dict[str, Any], params: dict[str,
         "status": "done",
         "inputs": inputs,
         "params": params,
-        "code_version": code_version(),
+        "code": module_fingerprint(build.__module__),
         "outputs": dir_checksums(tmp),
         "started_at": datetime.fromtimestamp(started, UTC).isoformat(),
         "duration_s": round(time.time() - started, 3),
         **facts,
     }
     write_json(tmp / MANIFEST, manifest)
-    _replace_dir(tmp, final)
+    _replace_dir(tmp, step_dir / key)
     shutil.rmtree(step_dir / f"{key}.failed", ignore_errors=True)
-    log.info("%s: done in %.1fs -> %s", step, manifest["duration_s"], final)
-    return StepResult(step, final, manifest, skipped=False)
+    log.info("%s: done in %.1fs -> %s", step, manifest["duration_s"], step_dir / key)
+    return StepResult(step, step_dir / key, manifest, skipped=False)
 
 
 def _replace_dir(src: Path, dst: Path) -> None:

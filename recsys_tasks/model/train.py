@@ -60,7 +60,7 @@ def train(processed: StepResult, graph: StepResult, settings: Settings) -> StepR
     device = resolve_device(settings.device)
     params = {**settings.training_params(), "device": device.type}
     inputs = {"preprocess": processed.key, "build_graph": graph.key}
-    key = step_key("train", inputs, params)
+    key = step_key("train", inputs, params, module=__name__)
     checkpoints = settings.artifacts / "train" / ".checkpoints" / key  # outlives a failed run's tmp folder
 
     def build(tmp: Path) -> dict[str, Any]:

@@ -42,7 +42,7 @@ SMOKE_SAMPLE = 5
 def _store_step(settings: Settings, step: str, *, inputs: dict[str, Any], params: dict[str, Any],
                 in_sync: Callable[[], bool], build: Callable[[Path], dict[str, Any]]) -> StepResult:
     """run_step, skipped only when the folder exists AND the store already holds what it records."""
-    key = step_key(step, inputs, params)
+    key = step_key(step, inputs, params, module=__name__)
     final = settings.artifacts / step / key
     if (not settings.force and (final / MANIFEST).is_file()
             and read_json(final / MANIFEST).get("status") == "done" and in_sync()):
@@ -54,7 +54,7 @@ def _store_step(settings: Settings, step: str, *, inputs: dict[str, Any], params
 def _failed_report(settings: Settings, step: str, inputs: dict[str, Any], params: dict[str, Any],
                    name: str) -> Path:
     """Where a report will be once run_step keeps a failed step's folder as `<key>.failed`."""
-    return settings.artifacts / step / f"{step_key(step, inputs, params)}.failed" / name
+    return settings.artifacts / step / f"{step_key(step, inputs, params, module=__name__)}.failed" / name
 
 
 def _snapshot_id(*results: StepResult) -> str | None:
@@ -114,7 +114,7 @@ def quality_gate(settings: Settings, evaluated: StepResult) -> StepResult:
     metrics = dict(evaluated.manifest["metrics"])
     inputs = {"evaluate": evaluated.key}
     params = {"quality_margin": settings.quality_margin}
-    final = settings.artifacts / "quality_gate" / step_key("quality_gate", inputs, params)
+    final = settings.artifacts / "quality_gate" / step_key("quality_gate", inputs, params, module=__name__)
     if not settings.force and (final / MANIFEST).is_file():
         log.info("quality_gate: %s was already judged promotable (%s)", version, final / "decision.json")
         return load_result(final)

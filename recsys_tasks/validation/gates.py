@@ -66,7 +66,7 @@ def validate_embeddings(exported: StepResult, processed: StepResult, root: Path,
 
 def _gate(name: str, root: Path, inputs: dict[str, str], params: dict[str, Any], force: bool,
           evaluate: Callable[[], Outcome], sources: list[Path]) -> StepResult:
-    key = step_key(name, inputs, params)
+    key = step_key(name, inputs, params, module=__name__)
 
     def build(tmp: Path) -> dict[str, Any]:
         started = time.perf_counter()
