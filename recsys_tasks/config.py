@@ -27,6 +27,7 @@ class ConfigError(ValueError):
 class Settings:
     home: Path = Path(".recsys")
     milvus_uri: str = ""  # empty: a Milvus Lite file under home
+    milvus_token: str = ""  # a Milvus server's "user:password" or API key; empty: no authentication
     db_url: str = ""  # empty: a SQLite file under home
     snapshot: str = OFFICIAL_ML1M_URL
     skip_checksum: bool = False
@@ -84,6 +85,7 @@ class Settings:
         out["home"] = str(self.home)
         out["db_url"] = mask_password(self.resolved_db_url)
         out["milvus_uri"] = mask_password(self.resolved_milvus_uri)
+        out["milvus_token"] = "***" if self.milvus_token else ""
         return out
 
 
@@ -103,6 +105,7 @@ def mask_password(url: str) -> str:
 _ENV: dict[str, tuple[str, type]] = {
     "home": ("RECSYS_HOME", Path),
     "milvus_uri": ("RECSYS_MILVUS_URI", str),
+    "milvus_token": ("RECSYS_MILVUS_TOKEN", str),
     "db_url": ("RECSYS_DB_URL", str),
     "snapshot": ("RECSYS_SNAPSHOT", str),
     "skip_checksum": ("RECSYS_SKIP_CHECKSUM", bool),

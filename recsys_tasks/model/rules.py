@@ -34,3 +34,15 @@ def history_query(vectors: np.ndarray, params: dict[str, Any] | None = None) -> 
     recent = vectors[::-1][: len(weights)]  # newest first
     w = weights[: recent.shape[0]]
     return (w[:, None] * recent).sum(axis=0) / w.sum()
+
+
+def history_queries(embeddings: np.ndarray, items: np.ndarray, starts: np.ndarray,
+                    params: dict[str, Any] | None = None) -> np.ndarray:
+    """`history_query` for many users at once: user r's history is embeddings[items[starts[r]:starts[r+1]]].
+
+    Returns float32 [len(starts) - 1, dim], row r equal to history_query of user r's vectors.
+    """
+    out = np.empty((len(starts) - 1, embeddings.shape[1]), dtype=np.float32)
+    for r in range(len(starts) - 1):
+        out[r] = history_query(embeddings[items[starts[r]:starts[r + 1]]], params)
+    return out

@@ -52,7 +52,7 @@ def version_of(collection: str) -> str:
     return collection.removeprefix(PREFIX)
 
 
-def _client(uri: str) -> MilvusClient:
+def _client(uri: str, token: str = "") -> MilvusClient:
     with _lock:
         if uri not in _clients:
             if not uri.startswith(_REMOTE):
@@ -68,7 +68,7 @@ def _client(uri: str) -> MilvusClient:
                         f"at a time: run `milvus-lite server --data-dir {uri} --port 19530` and set "
                         "RECSYS_MILVUS_URI=http://127.0.0.1:19530 in every process") from exc
             else:
-                _clients[uri] = MilvusClient(uri=uri)
+                _clients[uri] = MilvusClient(uri=uri, token=token)
         return _clients[uri]
 
 
@@ -95,14 +95,14 @@ class Hit:
 class VectorStore:
     """The operations the pipeline and the serving path need, over one MilvusClient."""
 
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, token: str = "") -> None:
         self.uri = uri
-        self.client = _client(uri)
+        self.client = _client(uri, token)
         self._loaded = _loaded.setdefault(uri, set())
 
     @classmethod
     def from_settings(cls, settings: Settings) -> VectorStore:
-        return cls(settings.resolved_milvus_uri)
+        return cls(settings.resolved_milvus_uri, settings.milvus_token)
 
     # --- collections -------------------------------------------------------------------------
     def collections(self) -> list[str]:
