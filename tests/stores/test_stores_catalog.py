@@ -94,3 +94,38 @@ def test_record_run_upserts_per_run_and_step(stores: Settings) -> None:
         row = conn.execute(select(cat.runs).where(cat.runs.c.step == "train")).one()._mapping
     assert row["status"] == "success" and row["counts"] == {"epochs": 2} and row["duration_s"] == 1.5
     assert row["started_at"] == started.replace(tzinfo=None)
+
+
+@pytest.mark.parametrize("stores", ENGINES, indirect=True)
+def test_a_schema_1_catalog_is_migrated_in_place(stores: Settings) -> None:
+    """A database written by the first release (one unversioned movies table) keeps serving its model."""
+    from sqlalchemy import JSON, BigInteger, Column, DateTime, Integer, MetaData, String, Table, Text, create_engine
+
+    old = MetaData()
+    Table("schema_version", old, Column("version", Integer, primary_key=True), Column("applied_at", DateTime))
+    movies = Table("movies", old, Column("movie_id", BigInteger, primary_key=True), Column("title", String(512)),
+                   Column("year", Integer), Column("genres", String(255)), Column("updated_at", DateTime))
+    versions = Table("model_versions", old, Column("version", String(64), primary_key=True),
+                     Column("snapshot_id", String(128)), Column("created_at", DateTime), Column("metrics", JSON),
+                     Column("status", String(16)), Column("reason", Text), Column("promoted_at", DateTime))
+    stores.home.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(stores.resolved_db_url)
+    old.create_all(engine)
+    when = datetime(2026, 11, 1)
+    with engine.begin() as conn:
+        conn.execute(old.tables["schema_version"].insert(), [{"version": 1, "applied_at": when}])
+        conn.execute(movies.insert(), [{**r, "updated_at": when} for r in ROWS])
+        conn.execute(versions.insert(), [
+            {"version": "vold", "snapshot_id": "s", "created_at": when, "metrics": {}, "status": "retired",
+             "reason": None, "promoted_at": when},
+            {"version": "vlive", "snapshot_id": "s", "created_at": when, "metrics": {}, "status": "active",
+             "reason": None, "promoted_at": when}])
+    engine.dispose()
+
+    c = Catalog.from_settings(stores)
+    live = c.version("vlive")
+    assert live["catalog_id"] == cat.LEGACY_CATALOG and live["activated_at"] == when and live["data_ts"] is None
+    assert c.movies_by_id([1, 42], cat.LEGACY_CATALOG) == {1: ROWS[0], 42: ROWS[2]}
+    assert c.count(cat.schema_version) == 2
+    cat.dispose(stores.resolved_db_url)
+    assert Catalog.from_settings(stores).catalog_size(cat.LEGACY_CATALOG) == 4  # migrated once
