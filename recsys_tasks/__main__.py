@@ -84,10 +84,12 @@ def _settings_from(args: argparse.Namespace) -> Settings:
     settings = load_settings(**{k: getattr(args, k, None) for k in keys})
     if getattr(args, "synthetic", None):
         from recsys_tasks.data.synthetic import write_snapshot
+        from recsys_tasks.locks import FileLocks
 
         folder = settings.home / "synthetic" / f"ml-1m-{args.synthetic}-users-seed{settings.seed}"
-        if not folder.is_dir():
-            write_snapshot(folder, n_users=args.synthetic, fmt="ml-1m", seed=settings.seed)
+        with FileLocks(settings.home / ".locks").hold(f"synthetic:{folder.name}"):  # two runs at once write it once
+            if not folder.is_dir():
+                write_snapshot(folder, n_users=args.synthetic, fmt="ml-1m", seed=settings.seed)
         settings = settings.replace(snapshot=str(folder), skip_checksum=True)
     return settings
 
