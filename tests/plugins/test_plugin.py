@@ -77,4 +77,4 @@ def test_mounted_api_and_view_answer_without_a_live_model(airflow_api) -> None:
     page = airflow_api.get("/recsys-ui/")
     assert page.status_code == 200 and "Recommender" in page.text and 'const API = "../recsys"' in page.text
     assert 'src = "quality.png?t="' in page.text
-    assert airflow_api.get("/recsys/movies", params={"query": "toy"}).json() == []
+    assert airflow_api.get("/recsys/movies", params={"query": "toy"}).status_code == 503  # titles are per model
