@@ -121,7 +121,8 @@ def main() -> None:
                "--budget-minutes", str(args.budget_minutes), "--patience", str(args.patience),
                "--threads", str(args.threads), "--device", args.device, "--out", str(out)]
         print(f"{data.name}: {model} for at most {args.budget_minutes} min", file=sys.stderr)
-        subprocess.run(["nice", "-n", "10", *cmd], check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        subprocess.run(["nice", "-n", "10", *cmd], check=True, cwd=atomic,  # RecBole writes its logs in the cwd
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
         peers[model] = json.loads(out.read_text())
 
     man = results["evaluate"].manifest

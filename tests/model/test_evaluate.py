@@ -284,3 +284,24 @@ def test_evaluate_frames_reports_both_protocols_and_the_leak() -> None:
     assert ts["metrics"]["val"] == {} and ts["counts"]["val"]["users"] == 0
     assert ts["counts"]["test"]["users"] == 2
     assert out["counts"]["test_users"] == 2
+
+
+def test_later_share_measures_the_cross_user_leak() -> None:
+    from recsys_tasks.model.evaluate import later_share
+
+    # Movie 7 has train ratings at t = 1, 5, 9, 9; movie 8 at t = 2; movie 9 none.
+    fit = frame([(1, 7, 1), (2, 7, 5), (3, 7, 9), (4, 7, 9), (5, 8, 2)])
+    # An event on 7 at t = 5: two of its four ratings are later (ties at t = 5 are not). On 8 at t = 1: 1 of 1.
+    events = frame([(6, 7, 5), (7, 8, 1), (8, 9, 3)])
+    got = later_share(fit, events)
+    assert got == {"mean": pytest.approx((2 / 4 + 1) / 2), "pooled": pytest.approx(3 / 5), "events": 2}
+
+
+def test_score_vectors_on_the_time_split(upstream) -> None:
+    processed, graph, *_ = upstream
+    # All ten ratings: cut-offs at t = 40 for both (see above); test = each user's first rating at t >= 40,
+    # history everything before: the same rows as leave-one-out's test here.
+    got = score_vectors(processed, graph, "time_test", IDS, EMB, LATEST_RULE)
+    assert got == score_rule(leave_one_out(processed.path, IDS, "test"), EMB, LATEST_RULE)
+    with pytest.raises(ValueError, match="split must be one of"):
+        score_vectors(processed, graph, "train", IDS, EMB, LATEST_RULE)
