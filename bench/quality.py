@@ -94,7 +94,7 @@ def retrained_at_cutoffs(s: Settings, data: Path, results: dict[str, StepResult]
                          cutoffs: dict[str, int]) -> dict[str, Any]:
     """Pinsage rows of the time split from models trained on the release as it was at each cut-off."""
     out: dict[str, Any] = {}
-    for split, cutoff in cutoffs.items():
+    for split, cutoff in sorted(cutoffs.items(), key=lambda kv: kv[1]):
         snapshot = write_release_before(data, cutoff, s.home / "snapshots" / f"{data.name}-before-{cutoff}")
         print(f"{data.name}: retraining on the release before {cutoff} ({split} cut-off)", file=sys.stderr)
         before, timings = run_pipeline(s.replace(snapshot=str(snapshot)), "train")
@@ -122,9 +122,9 @@ def interval(m: dict[str, float]) -> str:
 
 def print_table(title: str, by_method: dict[str, dict[str, float]]) -> None:
     print(f"\n{title}")
-    print(f"  {'method':<34}" + "".join(f"{c:>9}" for c in COLS) + f"{'users':>8}  HR@10 95%")
+    print(f"  {'method':<38}" + "".join(f"{c:>9}" for c in COLS) + f"{'users':>8}  HR@10 95%")
     for method, m in by_method.items():
-        print(f"  {method:<34}" + "".join(f"{m[c]:>9.4f}" for c in COLS) + f"{m['users']:>8}  {interval(m)}")
+        print(f"  {method:<38}" + "".join(f"{m[c]:>9.4f}" for c in COLS) + f"{m['users']:>8}  {interval(m)}")
 
 
 def bench_release(data: Path, home: Path, args: argparse.Namespace) -> dict[str, Any]:
