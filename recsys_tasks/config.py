@@ -45,6 +45,11 @@ class Settings:
     run_date: str = ""  # the run's (logical) date, YYYY-MM-DD; empty: today (UTC)
     quality_margin: float = 0.02
     force: bool = False
+    # the recommendations API
+    api_key: str = ""  # `recsys serve`'s key (X-API-Key); required when it binds beyond localhost
+    serve_workers: int = 1  # API worker processes
+    store_timeout_s: float = 2.0  # every serving call to Milvus or the catalog; then 503
+    milvus_linger_s: float = 300.0  # the shared local milvus-lite server stops this long after its last user
 
     @property
     def artifacts(self) -> Path:
@@ -52,6 +57,7 @@ class Settings:
 
     @property
     def resolved_milvus_uri(self) -> str:
+        """The URI, or (unset) the Milvus Lite data folder that a shared local server serves."""
         return self.milvus_uri or str((self.home / "milvus.db").resolve())
 
     @property
@@ -81,6 +87,12 @@ class Settings:
             raise ConfigError(f"keep_versions: must be at least 1, got {self.keep_versions}")
         if not 0 <= self.quality_margin < 1:
             raise ConfigError(f"quality_margin: must be in [0, 1), got {self.quality_margin}")
+        if self.serve_workers < 1:
+            raise ConfigError(f"serve_workers: must be at least 1, got {self.serve_workers}")
+        if not 0 < self.store_timeout_s <= 600:
+            raise ConfigError(f"store_timeout_s: must be in (0, 600], got {self.store_timeout_s}")
+        if self.milvus_linger_s < 0:
+            raise ConfigError(f"milvus_linger_s: must be at least 0, got {self.milvus_linger_s}")
         return self
 
     def replace(self, **overrides: Any) -> Settings:
@@ -97,6 +109,7 @@ class Settings:
         out["db_url"] = mask_password(self.resolved_db_url)
         out["milvus_uri"] = mask_password(self.resolved_milvus_uri)
         out["milvus_token"] = "***" if self.milvus_token else ""
+        out["api_key"] = "***" if self.api_key else ""
         return out
 
 
@@ -130,6 +143,10 @@ _ENV: dict[str, tuple[str, type]] = {
     "keep_versions": ("RECSYS_KEEP_VERSIONS", int),
     "run_date": ("RECSYS_RUN_DATE", str),
     "quality_margin": ("RECSYS_QUALITY_MARGIN", float),
+    "api_key": ("RECSYS_API_KEY", str),
+    "serve_workers": ("RECSYS_SERVE_WORKERS", int),
+    "store_timeout_s": ("RECSYS_STORE_TIMEOUT_S", float),
+    "milvus_linger_s": ("RECSYS_MILVUS_LINGER_S", float),
 }
 
 

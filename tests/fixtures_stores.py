@@ -121,7 +121,7 @@ def mariadb_database() -> tuple[str, Callable[[], None]]:
 
 def make_settings(home: Path, milvus: str, db: str,
                   milvus_server: str | None) -> tuple[Settings, list[Callable[[], None]]]:
-    """Settings for one engine pair ('lite'|'server', 'sqlite'|'mariadb') and the cleanups to run."""
+    """Settings for one engine pair ('lite' in-process |'server', 'sqlite'|'mariadb') and the cleanups to run."""
     from recsys_tasks.stores import catalog
     from recsys_tasks.stores import milvus as mv
 
@@ -134,6 +134,8 @@ def make_settings(home: Path, milvus: str, db: str,
     if db == "mariadb":
         db_url, cleanup = mariadb_database()
         cleanups.append(cleanup)
+    if milvus == "lite":  # in-process: a path (unset would share a local milvus-lite server process)
+        milvus_uri = str((home / "milvus.db").resolve())
     settings = load_settings(home=home, milvus_uri=milvus_uri or None, db_url=db_url or None)
     if milvus == "lite":
         cleanups.append(lambda: mv.release(settings.resolved_milvus_uri))

@@ -21,6 +21,7 @@ from recsys_tasks.errors import InputError
 from recsys_tasks.logs import get_logger, progress
 from recsys_tasks.release.facts import catalog_id, movie_rows, registration
 from recsys_tasks.release.registry import Registry
+from recsys_tasks.serving.histories import histories_in_sync, write_histories
 from recsys_tasks.stores.catalog import Catalog
 from recsys_tasks.stores.milvus import HNSW, VectorStore, collection_name
 
@@ -96,7 +97,8 @@ def load_vectors(settings: Settings, exported: StepResult, processed: StepResult
             if store.exists(name):
                 log.info("load_vectors: dropping %s to rebuild it", name)
                 store.drop(name)  # refuses the live collection
-            store.create(name, vectors.shape[1], source=exported.key)
+            store.create(name, vectors.shape[1], source=exported.key,
+                         genres=read_json(processed.out("vocab.json"))["genres"])
             _insert_all(store, name, ids, vectors, _scalar_fields(processed))
             store.finish(name, metric)
         store.ensure_loaded(name)
@@ -124,7 +126,8 @@ def load_catalog(settings: Settings, processed: StepResult, evaluated: StepResul
     registry = Registry(catalog)
 
     def in_sync() -> bool:
-        return catalog.catalog_size(cid) == len(rows) and registry.get(version) is not None
+        return (catalog.catalog_size(cid) == len(rows) and registry.get(version) is not None
+                and histories_in_sync(catalog, processed))
 
     def build(tmp: Path) -> dict[str, Any]:
         registry.register(version, **registration(settings, processed, evaluated))
@@ -136,9 +139,12 @@ def load_catalog(settings: Settings, processed: StepResult, evaluated: StepResul
                 raise InputError(f"the catalog database refused a movie record: {exc.orig}",
                                  file=processed.out("movies.parquet"), rule="movie record fits the catalog") from None
             written = len(rows)
-        write_json(tmp / "catalog.json", {"catalog_id": cid, "movies": len(rows), "written": written})
+        # the snapshot's user histories, for the user endpoints (serving/histories.py)
+        histories = write_histories(catalog, processed)
+        write_json(tmp / "catalog.json", {"catalog_id": cid, "movies": len(rows), "written": written,
+                                          "histories": histories})
         return {"model_version": version, "catalog_id": cid, "snapshot_id": processed.manifest.get("snapshot_id"),
-                "counts": {"movies": len(rows), "written": written}}
+                "counts": {"movies": len(rows), "written": written, "users": histories["users"]}}
 
     return run_step(settings.artifacts, "load_catalog", inputs={"preprocess": processed.key,
                                                                  "evaluate": evaluated.key},

@@ -70,7 +70,7 @@ class Release:
 
     def retain(self, keep: int) -> list[str]:
         """Drop collections no one can be served from again or beyond the newest `keep` retired and
-        candidate ones; then the movie catalogs no kept version uses."""
+        candidate ones; then the movie catalogs and user histories no kept version uses."""
         live = self.store.live_collection()
         existing = set(self.store.collections())
         rows = self.catalog.versions()
@@ -85,9 +85,11 @@ class Release:
         dropped = [n for n in sorted(existing - kept) if n in known]  # never a collection the registry lacks
         for name in dropped:
             self.store.drop(name)
-        in_use = {r["catalog_id"] for r in rows if collection_name(r["version"]) in existing - set(dropped)}
-        for catalog_id in set(self.catalog.catalogs()) - in_use:
+        kept_rows = [r for r in rows if collection_name(r["version"]) in existing - set(dropped)]
+        for catalog_id in set(self.catalog.catalogs()) - {r["catalog_id"] for r in kept_rows}:
             self.catalog.drop_catalog(catalog_id)
+        for snapshot_id in set(self.catalog.history_snapshots()) - {r["snapshot_id"] for r in kept_rows}:
+            self.catalog.drop_histories(snapshot_id)  # the user endpoints' histories of no kept version
         return dropped
 
 

@@ -103,10 +103,42 @@ runs = Table(
     Column("counts", JSON, nullable=True),
     **_MYSQL,
 )
+# --- serving: the users' histories per snapshot, and the ratings recorded through the API ----------
+user_histories = Table(
+    "user_histories", metadata,
+    Column("snapshot_id", String(128), primary_key=True),
+    Column("user_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("history", JSON, nullable=False),  # [[timestamp, movie_id], ...] oldest -> newest
+    **_MYSQL,
+)
+movie_popularity = Table(
+    "movie_popularity", metadata,
+    Column("snapshot_id", String(128), primary_key=True),
+    Column("movie_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("ratings", Integer, nullable=False),
+    **_MYSQL,
+)
+history_sets = Table(  # written last: a snapshot's histories are complete when their row is here
+    "history_sets", metadata,
+    Column("snapshot_id", String(128), primary_key=True),
+    Column("source", String(64), nullable=False),  # what they were computed from (the preprocess key)
+    Column("users", Integer, nullable=False),
+    Column("written_at", _TIME, nullable=False),
+    **_MYSQL,
+)
+rating_events = Table(
+    "rating_events", metadata,
+    Column("user_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("movie_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("timestamp", BigInteger, primary_key=True, autoincrement=False),
+    Column("rating", Float, nullable=False),
+    Column("recorded_at", _TIME, nullable=False),
+    **_MYSQL,
+)
 MOVIE_FIELDS = ("movie_id", "title", "year", "genres")
 LEGACY_CATALOG = "legacy"  # schema 1 had one unversioned movies table
 
-_engines: dict[str, Engine] = {}
+_engines: dict[tuple[str, float | None], Engine] = {}
 _lock = threading.Lock()
 
 
@@ -131,28 +163,42 @@ def dialect_of(url: str) -> str:
     raise ConfigError(f"db_url: {name!r} is not supported (sqlite, mysql+pymysql or postgresql+psycopg2)")
 
 
-def engine_for(url: str) -> Engine:
-    """One engine per URL per process, with the schema created (idempotently) on first use."""
+def engine_for(url: str, timeout_s: float | None = None) -> Engine:
+    """One engine per URL (and timeout) per process, with the schema created (idempotently) on first use.
+
+    With `timeout_s` (the serving path) connecting, every statement and waiting for a pooled connection
+    give up after that long; without it they wait (a step may hold a lock for hours).
+    """
     with _lock:
-        if url not in _engines:
+        if (url, timeout_s) not in _engines:
             kind = dialect_of(url)
             if kind == "sqlite":
                 database = make_url(url).database
                 if database and database != ":memory:":
                     Path(database).parent.mkdir(parents=True, exist_ok=True)
                 # wait for another process's write lock instead of failing (Airflow tasks run in parallel)
-                engine = create_engine(url, connect_args={"timeout": 30})
-            else:
+                engine = create_engine(url, connect_args={"timeout": timeout_s or 30},
+                                       **({"pool_timeout": timeout_s} if timeout_s else {}))
+            elif timeout_s is None:
                 engine = create_engine(url, pool_pre_ping=True, pool_recycle=3600)
+            else:
+                engine = create_engine(url, pool_pre_ping=True, pool_recycle=3600, pool_timeout=timeout_s,
+                                       connect_args=_timeouts(kind, timeout_s))
             _create_schema(engine)
-            _engines[url] = engine
-        return _engines[url]
+            _engines[(url, timeout_s)] = engine
+        return _engines[(url, timeout_s)]
+
+
+def _timeouts(kind: str, seconds: float) -> dict[str, Any]:
+    if kind == "mysql":  # PyMySQL: socket timeouts on connect, reads and writes
+        return {"connect_timeout": max(1, round(seconds)), "read_timeout": seconds, "write_timeout": seconds}
+    return {"connect_timeout": max(1, round(seconds)), "options": f"-c statement_timeout={int(seconds * 1000)}"}
 
 
 def dispose(url: str) -> None:
     with _lock:
-        engine = _engines.pop(url, None)
-    if engine is not None:
+        engines = [_engines.pop(key) for key in list(_engines) if key[0] == url]
+    for engine in engines:
         engine.dispose()
 
 
@@ -201,14 +247,24 @@ def _upsert(conn: Connection | Engine, table: Table, keys: Sequence[str]) -> Any
     return stmt.on_duplicate_key_update({c: stmt.inserted[c] for c in columns})
 
 
+def _insert_new(conn: Connection, table: Table) -> Any:
+    """INSERT that skips rows whose key exists (a concurrent writer got there first)."""
+    name = conn.dialect.name
+    if name in ("sqlite", "postgresql"):
+        return (sqlite if name == "sqlite" else postgresql).insert(table).on_conflict_do_nothing()
+    key = table.primary_key.columns.values()[0].name
+    stmt = mysql.insert(table)
+    return stmt.on_duplicate_key_update({key: stmt.inserted[key]})
+
+
 class Catalog:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, timeout_s: float | None = None) -> None:
         self.url = url
-        self.engine = engine_for(url)
+        self.engine = engine_for(url, timeout_s)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Catalog:
-        return cls(settings.resolved_db_url)
+    def from_settings(cls, settings: Settings, timeout_s: float | None = None) -> Catalog:
+        return cls(settings.resolved_db_url, timeout_s)
 
     # --- movie records, per catalog ------------------------------------------------------------
     def catalog_size(self, catalog_id: str) -> int:
@@ -299,6 +355,74 @@ class Catalog:
                                      .where(model_versions.c.status == at_most_one)).scalar_one()
                 if count > 1:
                     raise StaleState(f"{count} model versions would be {at_most_one}")
+
+    # --- users: histories per snapshot (written at load time) and recorded ratings -------------------
+    def histories_source(self, snapshot_id: str) -> str | None:
+        """What the snapshot's stored histories were computed from, or None when there are none (yet)."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(history_sets.c.source)
+                                .where(history_sets.c.snapshot_id == snapshot_id)).scalar_one_or_none()
+
+    def write_histories(self, snapshot_id: str, source: str, histories: Sequence[tuple[int, list[list[int]]]],
+                        popularity: Sequence[tuple[int, int]], batch_size: int = 1000) -> None:
+        """A snapshot's user histories and movie rating counts, replacing any older copy, in one transaction."""
+        with self.engine.begin() as conn:
+            for table in (history_sets, user_histories, movie_popularity):
+                conn.execute(delete(table).where(table.c.snapshot_id == snapshot_id))
+            for start in range(0, len(histories), batch_size):
+                conn.execute(user_histories.insert(), [{"snapshot_id": snapshot_id, "user_id": u, "history": h}
+                                                       for u, h in histories[start:start + batch_size]])
+            for start in range(0, len(popularity), batch_size):
+                conn.execute(movie_popularity.insert(), [{"snapshot_id": snapshot_id, "movie_id": m, "ratings": n}
+                                                         for m, n in popularity[start:start + batch_size]])
+            conn.execute(history_sets.insert().values(snapshot_id=snapshot_id, source=source, users=len(histories),
+                                                      written_at=utcnow()))
+
+    def history_snapshots(self) -> list[str]:
+        with self.engine.connect() as conn:
+            return sorted(conn.execute(select(history_sets.c.snapshot_id)).scalars())
+
+    def drop_histories(self, snapshot_id: str) -> None:
+        with self.engine.begin() as conn:
+            for table in (history_sets, user_histories, movie_popularity):
+                conn.execute(delete(table).where(table.c.snapshot_id == snapshot_id))
+
+    def user_history(self, snapshot_id: str, user_id: int) -> tuple[list[list[int]] | None, list[list[int]]]:
+        """(the user's [timestamp, movie_id] pairs in the snapshot or None if absent, their recorded ratings'
+        pairs), both oldest first, read on one connection."""
+        with self.engine.connect() as conn:
+            stored = conn.execute(select(user_histories.c.history).where(
+                user_histories.c.snapshot_id == snapshot_id, user_histories.c.user_id == user_id)).scalar_one_or_none()
+            events = conn.execute(select(rating_events.c.timestamp, rating_events.c.movie_id)
+                                  .where(rating_events.c.user_id == user_id)
+                                  .order_by(rating_events.c.timestamp, rating_events.c.movie_id)).all()
+        return (None if stored is None else [[int(t), int(m)] for t, m in stored]), [[int(t), int(m)] for t, m in events]
+
+    def popularity(self, snapshot_id: str) -> list[tuple[int, int]]:
+        """(movie_id, ratings) of the snapshot, most rated first."""
+        query = (select(movie_popularity.c.movie_id, movie_popularity.c.ratings)
+                 .where(movie_popularity.c.snapshot_id == snapshot_id)
+                 .order_by(movie_popularity.c.ratings.desc(), movie_popularity.c.movie_id))
+        with self.engine.connect() as conn:
+            return [(int(m), int(n)) for m, n in conn.execute(query)]
+
+    def record_ratings(self, user_id: int, ratings: Sequence[dict[str, Any]]) -> int:
+        """Store rating events once per (user, movie, timestamp); returns how many were new."""
+        keys = {(int(r["movie_id"]), int(r["timestamp"])) for r in ratings}
+        with self.engine.begin() as conn:
+            known = {(int(m), int(t)) for m, t in conn.execute(
+                select(rating_events.c.movie_id, rating_events.c.timestamp).where(
+                    rating_events.c.user_id == user_id, rating_events.c.movie_id.in_({m for m, _ in keys})))}
+            new = []
+            for r in ratings:
+                key = (int(r["movie_id"]), int(r["timestamp"]))
+                if key not in known:  # nor twice from one request
+                    known.add(key)
+                    new.append({"user_id": user_id, "movie_id": key[0], "timestamp": key[1],
+                                "rating": float(r["rating"]), "recorded_at": utcnow()})
+            if new:
+                conn.execute(_insert_new(conn, rating_events), new)
+        return len(new)
 
     def locks(self) -> DatabaseLocks:
         return DatabaseLocks(self.url)

@@ -50,7 +50,8 @@ def _state(settings: Settings) -> dict:
 def test_health(served: Served) -> None:
     body = served.client.get("/health").json()
     assert body == {"status": "ok", "model_version": served.release.version,
-                    "collection": f"movies_{served.release.version}", "counts": {"movies": 300, "vectors": 300}}
+                    "collection": f"movies_{served.release.version}", "counts": {"movies": 300, "vectors": 300},
+                    "store": None}
 
 
 def test_similar_is_the_nearest_neighbours_with_titles(served: Served) -> None:

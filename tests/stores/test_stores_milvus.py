@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
 import numpy as np
+import psutil
 import pytest
 
 from recsys_tasks import pipeline
-from recsys_tasks.config import Settings
+from recsys_tasks.config import Settings, load_settings
 from recsys_tasks.stores.catalog import Catalog, catalog_movies, model_versions
 from recsys_tasks.stores.milvus import VectorStore, collection_name
 from tests.fixtures_stores import GENRES, make_release
@@ -70,7 +79,7 @@ def test_load_catalog_is_idempotent_and_registers_the_candidate(stores: Settings
     assert row["status"] == "candidate" and row["snapshot_id"] == "snapshot-catalog"
     assert row["rule"] == release.rule and row["metrics"]["val"]["pinsage_history"]["hr@10"] == 0.10
     assert row["catalog_id"] == first.manifest["catalog_id"] and row["data_ts"] == 1_000_000_000
-    assert first.manifest["counts"] == {"movies": 300, "written": 300}
+    assert first.manifest["counts"] == {"movies": 300, "written": 300, "users": 60}
     state = (catalog.movies_by_id(release.ids.tolist(), row["catalog_id"]), catalog.versions())
     again = pipeline.load_catalog(stores, release.processed, release.evaluated)
     assert again.skipped and (catalog.movies_by_id(release.ids.tolist(), row["catalog_id"]), catalog.versions()) == state
@@ -114,13 +123,68 @@ def test_serving_survives_a_released_collection_and_a_reopen(stores: Settings,
     assert [i["movie_id"] for i in recommend_similar(stores, movie, 5)["items"]] == expected
 
 
-def test_a_second_process_on_a_lite_folder_is_told_to_use_the_server(stores: Settings) -> None:
-    import subprocess
-    import sys
+def _other_process(home: Path, code: str) -> str:
+    """Run `code` in a fresh interpreter on `home`'s default settings; returns its stdout."""
+    prelude = ("from pathlib import Path\nfrom recsys_tasks.config import load_settings\n"
+               "from recsys_tasks.stores.milvus import VectorStore\n"
+               f"store = VectorStore.from_settings(load_settings(home=Path({str(home)!r}), milvus_linger_s=1))\n")
+    out = subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, timeout=180,
+                         check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
 
-    VectorStore.from_settings(stores).collections()  # this process holds the data folder's lock
-    code = ("from pathlib import Path\nfrom recsys_tasks.config import load_settings\n"
-            "from recsys_tasks.stores.milvus import VectorStore\n"
-            f"VectorStore.from_settings(load_settings(home=Path({str(stores.home)!r})))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
-    assert out.returncode != 0 and "milvus-lite server --data-dir" in out.stderr
+
+def _wait_for(condition: Callable[[], bool], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return condition()
+
+
+def _gone(pid: int) -> bool:
+    return not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_processes_on_the_default_home_share_one_local_server_that_stops_when_unused(tmp_path: Path) -> None:
+    from recsys_tasks.stores import milvus, milvus_local
+
+    settings = load_settings(home=tmp_path / "home", milvus_linger_s=1)
+    folder = settings.resolved_milvus_uri
+    store = VectorStore.from_settings(settings)  # starts the server for the home's data folder
+    server = milvus_local.running(folder)
+    assert server is not None and store.uri == f"http://127.0.0.1:{server['port']}" and server["pid"] != os.getpid()
+    store.create("movies_shared", 4, source="test")
+    # another process (the CLI while the API runs) reuses that server and sees the same data
+    assert _other_process(settings.home, "print(store.collections(), store.uri)").split() == [
+        "['movies_shared']", store.uri]
+    assert milvus_local.running(folder) == server
+    time.sleep(2)  # past the linger: this process still holds its lease, so the server stays
+    assert milvus_local.running(folder) == server
+
+    milvus.release(folder)  # the last user leaves: the server stops cleanly after the linger
+    assert _wait_for(lambda: _gone(server["pid"]), 30) and milvus_local.running(folder) is None
+    assert "stopped" in (milvus_local.control(folder) / "server.log").read_text()
+
+    again = VectorStore.from_settings(settings)  # a new one on the same data
+    assert again.collections() == ["movies_shared"]
+    crashed = milvus_local.running(folder)["pid"]
+    os.kill(crashed, signal.SIGKILL)  # a crashed server: the next user starts another one
+    assert _wait_for(lambda: _gone(crashed), 10)
+    assert VectorStore.from_settings(settings).collections() == ["movies_shared"]
+    assert milvus_local.running(folder)["pid"] != crashed
+    last = milvus_local.running(folder)["pid"]
+    milvus.release(folder)
+    assert _wait_for(lambda: _gone(last), 30)
+
+
+def test_a_default_process_on_a_folder_opened_in_process_is_told_why(stores: Settings) -> None:
+    VectorStore.from_settings(stores).collections()  # this process opened the data folder in-process (a path URI)
+    code = "print(store.collections())\n"
+    prelude = ("from pathlib import Path\nfrom recsys_tasks.config import load_settings\n"
+               "from recsys_tasks.stores.milvus import VectorStore\n"
+               f"store = VectorStore.from_settings(load_settings(home=Path({str(stores.home)!r})))\n")
+    out = subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, timeout=180,
+                         check=False)
+    assert out.returncode != 0 and "did not start" in out.stderr and "RECSYS_MILVUS_URI" in out.stderr
