@@ -25,6 +25,69 @@ def _settings_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
 
+def _verbose_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="store_true", help="show the libraries' log lines (quiet by default)")
+
+
+def _quiet(verbose: bool) -> None:
+    """The serving commands print their answer only; -v brings back INFO logs (ours, pymilvus', uvicorn's)."""
+    import logging
+
+    logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)  # (importing the steps set INFO)
+    if not verbose:
+        logging.getLogger("pymilvus").setLevel(logging.CRITICAL)  # its RPC errors come back as our one line
+
+
+def _ids(text: str, flag: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise InputError(f"{flag} must be comma-separated integer movie ids: {exc}", rule="integer ids") from None
+
+
+def _recommend(args: argparse.Namespace) -> dict[str, Any]:
+    from recsys_tasks.serving.recommend import (
+        Filters,
+        recommend_for_history,
+        recommend_for_user,
+        recommend_similar,
+    )
+
+    settings = _settings_from(args)
+    filters = Filters(tuple(args.genre), args.year_min, args.year_max, frozenset(_ids(args.exclude, "--exclude")))
+    if args.movie_id is not None:
+        return recommend_similar(settings, args.movie_id, args.k, filters)
+    if args.user_id is not None:
+        return recommend_for_user(settings, args.user_id, args.k, filters)
+    return recommend_for_history(settings, _ids(args.history, "--history"), args.k, filters)
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _serve(args: argparse.Namespace) -> None:
+    import os
+
+    import uvicorn
+
+    settings = _settings_from(args)
+    if args.host not in LOOPBACK and not settings.api_key:
+        raise ConfigError(f"serve: binding to {args.host} needs an API key (--api-key or RECSYS_API_KEY)")
+    level = "info" if args.verbose else "warning"
+    if settings.serve_workers == 1:
+        from recsys_tasks.serving.api import create_app
+
+        uvicorn.run(create_app(settings, api_key=settings.api_key or None), host=args.host, port=args.port,
+                    log_level=level)
+        return
+    # each worker process builds its app from the environment: hand it the settings given as flags
+    os.environ.update({"RECSYS_HOME": str(settings.home.resolve()), "RECSYS_DB_URL": settings.resolved_db_url,
+                       "RECSYS_API_KEY": settings.api_key, "RECSYS_MILVUS_URI": settings.milvus_uri})
+    uvicorn.run("recsys_tasks.serving.api:serve_app", factory=True, workers=settings.serve_workers, host=args.host,
+                port=args.port, log_level=level)
+
+
 def _pipeline_args(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--snapshot", help="URL, .zip or folder of a MovieLens release (RECSYS_SNAPSHOT)")
@@ -60,18 +123,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     rec = sub.add_parser("recommend", help="recommendations from the live model")
     _settings_args(rec)
+    _verbose_arg(rec)
     what = rec.add_mutually_exclusive_group(required=True)
     what.add_argument("--movie-id", type=int, help="movies similar to this one")
     what.add_argument("--history", help="comma-separated movie ids, oldest first")
+    what.add_argument("--user-id", type=int, help="a user of the live snapshot (and their recorded ratings)")
     rec.add_argument("-k", type=int, default=10)
+    rec.add_argument("--genre", action="append", default=[], help="only movies of this genre (repeatable: all of them)")
+    rec.add_argument("--year-min", type=int)
+    rec.add_argument("--year-max", type=int)
+    rec.add_argument("--exclude", default="", help="comma-separated movie ids to leave out")
 
     serve = sub.add_parser("serve", help="the recommendations API (FastAPI + uvicorn)")
     _settings_args(serve)
+    _verbose_arg(serve)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", dest="serve_workers", type=int,
+                       help="worker processes (RECSYS_SERVE_WORKERS, default 1)")
+    serve.add_argument("--api-key", help="required in X-API-Key by every route but /health (RECSYS_API_KEY); "
+                                         "needed when binding beyond localhost")
 
     status = sub.add_parser("status", help="live model version, its metrics and snapshot, collections kept")
     _settings_args(status)
+    _verbose_arg(status)
 
     rollback = sub.add_parser("rollback", help="serve a previous model version again")
     _settings_args(rollback)
@@ -81,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _settings_from(args: argparse.Namespace) -> Settings:
     keys = ("home", "milvus_uri", "db_url", "snapshot", "skip_checksum", "epochs", "embed_dim", "batch_size", "lr",
-            "device", "sampler", "seed", "force", "run_date")
+            "device", "sampler", "seed", "force", "run_date", "api_key", "serve_workers")
     settings = load_settings(**{k: getattr(args, k, None) for k in keys})
     if getattr(args, "synthetic", None):
         from recsys_tasks.data.synthetic import write_snapshot
@@ -130,10 +205,11 @@ def _print_human(command: str, result: dict[str, Any]) -> None:
                 for method, m in methods.items():
                     print(f"{split:<6}{method:<18}" + "".join(f"{m[k]:>11.4f}" for k in METRIC_KEYS))
     elif "items" in result:
-        print(f"model {result.get('model_version')}")
+        print(f"model {result.get('model_version')}" + (f" ({result['fallback']})" if result.get("fallback") else ""))
         for i, item in enumerate(result["items"], 1):
+            because = f"  because you watched {item['because']['title']}" if item.get("because") else ""
             print(f"{i:>3}. {item['title']}  [{item.get('genres', '')}]"  # MovieLens titles carry the year
-                  f"  score {item['score']:.3f}  id {item['movie_id']}")
+                  f"  score {item['score']:.3f}  id {item['movie_id']}{because}")
     else:
         print(json.dumps(result, indent=2, default=str))
 
@@ -141,30 +217,17 @@ def _print_human(command: str, result: dict[str, Any]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = args.command
+    if command in ("recommend", "serve", "status"):
+        _quiet(args.verbose)
     try:
         if command == "run":
             result = _run(args, args.until)
         elif command in STEPS:
             result = _run(args, command)
         elif command == "recommend":
-            from recsys_tasks.serving.recommend import recommend_for_history, recommend_similar
-
-            settings = _settings_from(args)
-            if args.movie_id is not None:
-                result = recommend_similar(settings, args.movie_id, args.k)
-            else:
-                try:
-                    history = [int(x) for x in args.history.split(",") if x.strip()]
-                except ValueError as exc:
-                    raise InputError(f"--history must be comma-separated integer movie ids: {exc}",
-                                     rule="integer ids") from None
-                result = recommend_for_history(settings, history, args.k)
+            result = _recommend(args)
         elif command == "serve":
-            import uvicorn
-
-            from recsys_tasks.serving.api import create_app
-
-            uvicorn.run(create_app(_settings_from(args)), host=args.host, port=args.port)
+            _serve(args)
             return 0
         elif command == "status":
             from recsys_tasks.release.promotion import status
@@ -177,15 +240,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (InputError, ConfigError) as exc:
         return _fail(args, 2, exc)
     except Exception as exc:  # noqa: BLE001 - the CLI's contract: any other failure is exit 1
-        import traceback
+        if not _nothing_live(exc) or getattr(args, "verbose", False):  # nothing live: one line
+            import traceback
 
-        traceback.print_exc()
+            traceback.print_exc()
         return _fail(args, 1, exc)
     if args.json:
         print(json.dumps({"ok": True, "command": command, **result}, default=str))
     else:
         _print_human(command, result)
     return 0
+
+
+def _nothing_live(exc: Exception) -> bool:
+    recommend = sys.modules.get("recsys_tasks.serving.recommend")  # imported by whoever raised it
+    return recommend is not None and isinstance(exc, recommend.NoLiveModel)
 
 
 def _fail(args: argparse.Namespace, code: int, exc: Exception) -> int:

@@ -81,6 +81,7 @@ def server_database(server_uri: str) -> tuple[str, Callable[[], None]]:
     name = f"t_{uuid.uuid4().hex[:12]}"
     admin = MilvusClient(uri=server_uri)
     admin.create_database(name)
+    admin.close()  # not left idle for the whole test (an idle channel draws a "too many pings" GOAWAY)
     uri = f"{server_uri}/{name}"
 
     def cleanup() -> None:
@@ -89,6 +90,7 @@ def server_database(server_uri: str) -> tuple[str, Callable[[], None]]:
         for collection in db.list_collections():
             db.drop_collection(collection)
         db.close()
+        admin = MilvusClient(uri=server_uri)
         admin.drop_database(name)
         admin.close()
 
@@ -210,9 +212,10 @@ def _interactions(ids: np.ndarray, newest: int) -> dict[str, pa.Table]:
 
 
 def write_processed(settings: Settings, n: int = 300, tag: str = "catalog", newest: int = 1_000_000_000,
-                    titles: dict[int, str] | None = None) -> StepResult:
+                    titles: dict[int, str] | None = None, idle_users: int = 0) -> StepResult:
     """A preprocess folder with `n` movies (titles by row index overridable) and USERS users' splits, from
-    a snapshot `tag` whose newest rating is `newest`."""
+    a snapshot `tag` whose newest rating is `newest`; with `idle_users`, a users table that also lists
+    that many users without ratings (ids after USERS)."""
     ids = movie_ids(n)
     rng = np.random.default_rng(11)
 
@@ -232,10 +235,13 @@ def write_processed(settings: Settings, n: int = 300, tag: str = "catalog", newe
         write_json(tmp / "vocab.json", {"genres": GENRES, "tokens": ["<pad>", "<unk>", "movie"]})
         for split, frame in _interactions(ids, newest).items():
             pq.write_table(frame, tmp / f"{split}.parquet")
+        if idle_users:
+            pq.write_table(pa.table({"user_id": pa.array(range(1, USERS + idle_users + 1), pa.int64())}),
+                           tmp / "users.parquet")
         return {"counts": {"movies": n}, "snapshot_id": f"snapshot-{tag}", "newest_rating_ts": newest}
 
     return run_step(settings.artifacts, "preprocess", inputs={"ingest": f"snapshot-{tag}"},
-                    params={"n": n, "newest": newest, "titles": titles or {}}, build=build)
+                    params={"n": n, "newest": newest, "titles": titles or {}, "idle_users": idle_users}, build=build)
 
 
 def write_graph(settings: Settings, processed: StepResult) -> StepResult:

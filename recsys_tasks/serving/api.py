@@ -38,9 +38,9 @@ from recsys_tasks.serving.recommend import (
     NoLiveModel,
     NotFound,
     Served,
+    current,
     for_user,
     history_in,
-    live,
     record_ratings,
     similar_in,
 )
@@ -160,11 +160,11 @@ def _error(status: int, detail: str, store: str | None = None, retry_after: int 
 def create_app(settings: Settings | None = None, *, api_key: str | None = None) -> FastAPI:
     """The app over the stores of `settings`; with `api_key`, every route but /health requires it."""
     settings = settings or load_settings()
-    current = live(settings, timeout_s=settings.store_timeout_s)
+    model_now = current(settings, timeout_s=settings.store_timeout_s)
     guard = Guard()
 
     def serve(needs: tuple[str, ...], fn: Callable[[Served], T]) -> T:
-        return guard.run(needs, lambda: current.run(fn))
+        return guard.run(needs, lambda: model_now.run(fn))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -9,8 +9,9 @@ titles.
 Caching: a served collection and its catalog never change (versions are immutable, catalogs are
 content-addressed), so a `Served` keeps its vectors, scalar fields, titles and popularity once read.
 The alias is checked again at most every ALIAS_TTL_S seconds (one cheap Milvus call), so each process
-serves a newly promoted model within that time; a collection that retention dropped meanwhile is
-noticed at once (`CollectionMissing`) and the alias resolved again.
+serves a newly promoted model within that time, and at once when it moved the alias itself; a
+collection that retention dropped meanwhile is noticed at once (`CollectionMissing`) and the alias
+resolved again.
 
 Filters (genres, years, excluded ids) go into the vector search as a Milvus filter expression on the
 collection's scalar fields, built from integers only. HNSW under a selective filter explores too few
@@ -35,7 +36,15 @@ from recsys_tasks.errors import InputError
 from recsys_tasks.logs import get_logger
 from recsys_tasks.model.rules import DEFAULT_RULE, history_query
 from recsys_tasks.stores.catalog import Catalog
-from recsys_tasks.stores.milvus import ALIAS, CollectionMissing, Hit, Rows, VectorStore, version_of
+from recsys_tasks.stores.milvus import (
+    ALIAS,
+    CollectionMissing,
+    Hit,
+    Rows,
+    VectorStore,
+    alias_moves,
+    version_of,
+)
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -131,20 +140,26 @@ class Live:
         self._lock = threading.Lock()
         self._model: Served | None = None
         self._checked = -math.inf
+        self._moves = -1
         self._kept: dict[str, Served] = {}  # the live model and the one before (a rollback flips back)
 
     def stores(self) -> tuple[VectorStore, Catalog]:
         return (VectorStore.from_settings(self.settings, timeout=self.timeout_s),
                 Catalog.from_settings(self.settings, timeout_s=self.timeout_s))
 
+    def _fresh(self, model: Served | None) -> bool:
+        return (model is not None and time.monotonic() - self._checked < ALIAS_TTL_S
+                and alias_moves(model.store.uri) == self._moves)  # (this process moved the alias: at once)
+
     def model(self) -> Served:
         model = self._model
-        if model is not None and time.monotonic() - self._checked < ALIAS_TTL_S:
-            return model
+        if self._fresh(model):
+            return model  # type: ignore[return-value]
         with self._lock:
-            if self._model is not None and time.monotonic() - self._checked < ALIAS_TTL_S:
-                return self._model
+            if self._fresh(self._model):
+                return self._model  # type: ignore[return-value]
             store, catalog = self.stores()
+            moves = alias_moves(store.uri)
             name = store.live_collection()
             if name is None:
                 raise NoLiveModel(f"no model is served yet: the Milvus alias {ALIAS!r} does not exist "
@@ -154,7 +169,7 @@ class Live:
                 model = served(store, catalog, name)
             previous = self._model
             self._kept = {name: model, **({previous.collection: previous} if previous and previous is not model else {})}
-            self._model, self._checked = model, time.monotonic()
+            self._model, self._checked, self._moves = model, time.monotonic(), moves
             return model
 
     def invalidate(self) -> None:
@@ -174,7 +189,12 @@ _lives: dict[tuple[str, str, str, float | None], Live] = {}
 _lives_lock = threading.Lock()
 
 
-def live(settings: Settings, timeout_s: float | None = None) -> Live:
+def live(settings: Settings) -> Served:
+    """The model served now."""
+    return current(settings).model()
+
+
+def current(settings: Settings, timeout_s: float | None = None) -> Live:
     """One `Live` per setting per process (the API's workers each have theirs)."""
     key = (settings.milvus_uri or settings.resolved_milvus_uri, settings.resolved_db_url, settings.milvus_token,
            timeout_s)
@@ -350,13 +370,13 @@ def record_ratings(model: Served, user_id: int, ratings: Sequence[dict[str, Any]
 
 
 def recommend_similar(settings: Settings, movie_id: int, k: int, filters: Filters = NO_FILTERS) -> dict[str, Any]:
-    return live(settings).run(lambda m: similar_in(m, movie_id, k, filters))
+    return current(settings).run(lambda m: similar_in(m, movie_id, k, filters))
 
 
 def recommend_for_history(settings: Settings, movie_ids: list[int], k: int,
                           filters: Filters = NO_FILTERS) -> dict[str, Any]:
-    return live(settings).run(lambda m: history_in(m, movie_ids, k, filters))
+    return current(settings).run(lambda m: history_in(m, movie_ids, k, filters))
 
 
 def recommend_for_user(settings: Settings, user_id: int, k: int, filters: Filters = NO_FILTERS) -> dict[str, Any]:
-    return live(settings).run(lambda m: for_user(m, user_id, k, filters))
+    return current(settings).run(lambda m: for_user(m, user_id, k, filters))

@@ -47,6 +47,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from recsys_tasks.config import ConfigError, Settings
 from recsys_tasks.locks import WAIT_LOG_S, FileLocks, lock_id
@@ -204,7 +205,13 @@ def dispose(url: str) -> None:
 
 def _create_schema(engine: Engine) -> None:
     legacy = "movies" in inspect(engine).get_table_names()
-    metadata.create_all(engine)
+    for attempt in range(3):  # two processes creating a fresh database race between "exists?" and CREATE
+        try:
+            metadata.create_all(engine)
+            break
+        except DBAPIError as exc:
+            if attempt == 2 or "already exists" not in str(exc.orig):
+                raise
     with engine.begin() as conn:
         applied = set(conn.execute(select(schema_version.c.version)).scalars())
         if SCHEMA_VERSION in applied:

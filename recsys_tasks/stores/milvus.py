@@ -48,6 +48,7 @@ _REMOTE = ("http://", "https://", "tcp://", "unix:")
 
 _clients: dict[str, MilvusClient] = {}
 _loaded: dict[str, set[str]] = {}  # per URI: collections this process has seen loaded
+_alias_moves: dict[str, int] = {}
 _lock = threading.Lock()
 NOT_LOADED = 101  # Milvus's error code for a search/get on a released collection
 NOT_FOUND = 100  # ... and for a collection that does not exist (dropped since)
@@ -84,8 +85,16 @@ def _client(uri: str, token: str = "", timeout: float | None = None) -> MilvusCl
                         f"at a time: run `milvus-lite server --data-dir {uri} --port 19530` and set "
                         "RECSYS_MILVUS_URI=http://127.0.0.1:19530 in every process") from exc
             else:
-                _clients[uri] = MilvusClient(uri=uri, token=token, timeout=timeout)
+                # no keepalive pings while idle: a gRPC server's defaults (milvus-lite server's) answer an idle
+                # client's pings with GOAWAY "too many pings", which then fails the next calls
+                _clients[uri] = MilvusClient(uri=uri, token=token, timeout=timeout,
+                                             grpc_options={"grpc.keepalive_permit_without_calls": 0})
         return _clients[uri]
+
+
+def alias_moves(uri: str) -> int:
+    """How often this process moved the alias of `uri` (readers that cache the alias compare it)."""
+    return _alias_moves.get(uri, 0)
 
 
 def release(uri: str) -> None:
@@ -263,6 +272,8 @@ class VectorStore:
             self.client.create_alias(name, ALIAS, **self._t())
         else:
             self.client.alter_alias(name, ALIAS, **self._t())
+        with _lock:
+            _alias_moves[self.uri] = _alias_moves.get(self.uri, 0) + 1
 
     # --- reads -------------------------------------------------------------------------------
     def vectors(self, name: str, ids: Iterable[int]) -> dict[int, np.ndarray]:

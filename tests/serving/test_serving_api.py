@@ -97,6 +97,22 @@ def test_bad_input_is_422(served: Served, call: tuple) -> None:
     assert res.status_code == 422, res.text
 
 
+@pytest.mark.parametrize("body", ['{"history": [1], "k": 1e400}', '{"history": [1e400]}', '{"history": [1], "k": NaN}',
+                                  '{"history": [1], "year_min": 1e400}', '{"history": [1]'])
+def test_numbers_json_cannot_echo_back_are_422(served: Served, body: str) -> None:
+    res = served.client.post("/recommendations", content=body, headers={"content-type": "application/json"})
+    assert res.status_code == 422 and res.json()["detail"][0]["loc"]
+
+
+def test_openapi_lists_the_error_answers(served: Served) -> None:
+    paths = served.client.get("/openapi.json").json()["paths"]
+    for path, method in (("/movies/{movie_id}/similar", "get"), ("/recommendations", "post"),
+                         ("/users/{user_id}/recommendations", "get"), ("/users/{user_id}/ratings", "post")):
+        answers = paths[path][method]["responses"]
+        assert {"200", "400", "404", "422", "503"} <= set(answers), (path, sorted(answers))
+        assert "Retry-After" in answers["503"]["headers"]
+
+
 def test_title_search(served: Served) -> None:
     hits = served.client.get("/movies", params={"query": "100%"}).json()
     assert [h["title"] for h in hits] == ["100% Pure_Fun (1999)"]

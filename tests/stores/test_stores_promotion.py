@@ -152,7 +152,7 @@ def test_retention_keeps_the_last_versions_and_drops_the_rest(stores: Settings) 
 
 
 def test_cli_status_rollback_and_recommend(stores: Settings, capsys: pytest.CaptureFixture[str]) -> None:
-    home = ["--home", str(stores.home)]
+    home = ["--home", str(stores.home), "--milvus-uri", stores.milvus_uri]  # the fixture's in-process Lite
     assert main(["recommend", "--movie-id", "1", "--json", *home]) == 1  # nothing live yet
     assert "no model is served" in json.loads(capsys.readouterr().out.splitlines()[-1])["message"]
     v1 = make_release(stores, "one")
