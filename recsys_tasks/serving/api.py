@@ -51,6 +51,7 @@ ID_MAX = 2**63 - 1
 MovieId = Annotated[StrictInt, Field(ge=1, le=ID_MAX)]
 NEWEST_TS = 4_102_444_800  # 2100-01-01: later timestamps are mistakes
 NO_MODEL_RETRY_S = 60
+PRINTABLE = r"^[^\x00-\x1f\x7f]+$"  # no control characters (SQLite would read a NUL as the pattern's end)
 
 
 class Movie(BaseModel):
@@ -150,6 +151,7 @@ def query_filters(genre: Genre = None, year_min: YearMin = None, year_max: YearM
 
 
 QueryFilters = Annotated[Filters, Depends(query_filters)]
+API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, description="required when the server has a key")
 
 
 def _error(status: int, detail: str, store: str | None = None, retry_after: int | None = None) -> JSONResponse:
@@ -177,9 +179,7 @@ def create_app(settings: Settings | None = None, *, api_key: str | None = None) 
         threading.Thread(target=warm, name="recsys-warm", daemon=True).start()
         yield
 
-    header = APIKeyHeader(name="X-API-Key", auto_error=False, description="required when the server has a key")
-
-    def authorised(key: Annotated[str | None, Depends(header)]) -> None:
+    def authorised(key: Annotated[str | None, Depends(API_KEY)]) -> None:
         if api_key and not (key and hmac.compare_digest(key.encode(), api_key.encode())):
             raise HTTPException(401, "missing or wrong API key (X-API-Key)")
 
@@ -273,7 +273,7 @@ def create_app(settings: Settings | None = None, *, api_key: str | None = None) 
         return serve((MILVUS,), names)
 
     @app.get("/movies", response_model=list[Movie], responses=responses, dependencies=protected)
-    def search_movies(query: Annotated[str, Query(min_length=1, max_length=200)],
+    def search_movies(query: Annotated[str, Query(min_length=1, max_length=200, pattern=PRINTABLE)],
                       limit: Annotated[int, Query(ge=1, le=100)] = 20) -> list[dict[str, Any]]:
         """Find movie ids by title (case-insensitive substring)."""
         return serve((MILVUS, CATALOG), lambda m: m.catalog.search_titles(query, limit, m.catalog_id))
