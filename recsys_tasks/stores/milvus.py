@@ -85,12 +85,14 @@ def _client(uri: str, token: str = "", timeout: float | None = None) -> MilvusCl
                         f"at a time: run `milvus-lite server --data-dir {uri} --port 19530` and set "
                         "RECSYS_MILVUS_URI=http://127.0.0.1:19530 in every process") from exc
             else:
-                # dedicated: pymilvus otherwise shares one connection per host:port across clients, so a
-                # new server on a port an old one used inherits that one's broken channel. No keepalive
-                # pings while idle: a gRPC server's defaults (milvus-lite server's) answer an idle client's
-                # pings with GOAWAY "too many pings", which then fails the next calls.
+                # A connection of this client's own: pymilvus shares one per host:port across clients, and
+                # gRPC its subchannels across channels, so a new server on a port an old one used would
+                # inherit that one's broken connection (in reconnect backoff). No keepalive pings while
+                # idle: a gRPC server's defaults (milvus-lite server's) answer an idle client's pings with
+                # GOAWAY "too many pings", which then fails the next call.
                 _clients[uri] = MilvusClient(uri=uri, token=token, timeout=timeout, dedicated=True,
-                                             grpc_options={"grpc.keepalive_permit_without_calls": 0})
+                                             grpc_options={"grpc.keepalive_permit_without_calls": 0,
+                                                           "grpc.use_local_subchannel_pool": 1})
         return _clients[uri]
 
 

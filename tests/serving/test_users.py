@@ -44,7 +44,8 @@ class World:
 
 ENGINES = [pytest.param(("lite", "sqlite"), id="lite-sqlite"),
            pytest.param(("lite", "mariadb"), id="lite-mariadb", marks=pytest.mark.mysql),
-           pytest.param(("server", "sqlite"), id="server-sqlite")]
+           pytest.param(("server", "sqlite"), id="server-sqlite"),
+           pytest.param(("server", "mariadb"), id="server-mariadb", marks=pytest.mark.mysql)]
 
 
 @pytest.fixture(scope="module", params=ENGINES)
