@@ -58,11 +58,13 @@ def _wait(check, what: str, seconds: float = 120) -> None:
 def start_milvus(data: Path) -> tuple[subprocess.Popen, str]:
     from pymilvus import MilvusClient
 
+    from recsys_tasks.stores.milvus import CONNECTION
+
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(data), "--host",
                              "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     uri = f"http://127.0.0.1:{port}"
-    _wait(lambda: MilvusClient(uri=uri, timeout=2).list_collections() is not None, "milvus-lite server")
+    _wait(lambda: MilvusClient(uri=uri, timeout=2, **CONNECTION).list_collections() is not None, "milvus-lite server")
     return proc, uri
 
 

@@ -38,6 +38,8 @@ def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A `milvus-lite server` process on a free loopback port; yields its http URI."""
     from pymilvus import MilvusClient
 
+    from recsys_tasks.stores.milvus import CONNECTION
+
     port = _free_port()
     data = tmp_path_factory.mktemp("milvus-server")
     log = (data / "server.log").open("w")
@@ -53,7 +55,7 @@ def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                     pass
-                client = MilvusClient(uri=uri, timeout=5)
+                client = MilvusClient(uri=uri, timeout=5, **CONNECTION)
                 client.list_collections()
                 client.close()
                 break
@@ -77,20 +79,21 @@ def server_database(server_uri: str) -> tuple[str, Callable[[], None]]:
     from pymilvus import MilvusClient
 
     from recsys_tasks.stores import milvus
+    from recsys_tasks.stores.milvus import CONNECTION
 
     name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = MilvusClient(uri=server_uri)
+    admin = MilvusClient(uri=server_uri, **CONNECTION)
     admin.create_database(name)
-    admin.close()  # not left idle for the whole test (an idle channel draws a "too many pings" GOAWAY)
+    admin.close()
     uri = f"{server_uri}/{name}"
 
     def cleanup() -> None:
         milvus.release(uri)
-        db = MilvusClient(uri=uri)
+        db = MilvusClient(uri=uri, **CONNECTION)
         for collection in db.list_collections():
             db.drop_collection(collection)
         db.close()
-        admin = MilvusClient(uri=server_uri)
+        admin = MilvusClient(uri=server_uri, **CONNECTION)
         admin.drop_database(name)
         admin.close()
 

@@ -46,6 +46,9 @@ HNSW = {"M": 16, "efConstruction": 200}
 INDEX_TIMEOUT_S = 600
 _REMOTE = ("http://", "https://", "tcp://", "unix:")
 
+# how every MilvusClient of this project connects (see _client)
+CONNECTION: dict[str, Any] = {"dedicated": True, "grpc_options": {"grpc.keepalive_permit_without_calls": 0,
+                                                                  "grpc.use_local_subchannel_pool": 1}}
 _clients: dict[str, MilvusClient] = {}
 _loaded: dict[str, set[str]] = {}  # per URI: collections this process has seen loaded
 _alias_moves: dict[str, int] = {}
@@ -90,9 +93,7 @@ def _client(uri: str, token: str = "", timeout: float | None = None) -> MilvusCl
                 # inherit that one's broken connection (in reconnect backoff). No keepalive pings while
                 # idle: a gRPC server's defaults (milvus-lite server's) answer an idle client's pings with
                 # GOAWAY "too many pings", which then fails the next call.
-                _clients[uri] = MilvusClient(uri=uri, token=token, timeout=timeout, dedicated=True,
-                                             grpc_options={"grpc.keepalive_permit_without_calls": 0,
-                                                           "grpc.use_local_subchannel_pool": 1})
+                _clients[uri] = MilvusClient(uri=uri, token=token, timeout=timeout, **CONNECTION)
         return _clients[uri]
 
 

@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from recsys_tasks.config import Settings, load_settings
 from recsys_tasks.serving.api import create_app
 from recsys_tasks.stores import catalog, milvus
+from recsys_tasks.stores.milvus import CONNECTION
 from tests.fixtures_stores import Release, _free_port, make_release, ship
 
 TIMEOUT_S = 1.0
@@ -43,7 +44,7 @@ class MilvusProcess:
         deadline = time.monotonic() + 60
         while True:
             try:
-                client = MilvusClient(uri=self.uri, timeout=2)
+                client = MilvusClient(uri=self.uri, timeout=2, **CONNECTION)
                 client.list_collections()
                 client.close()
                 return
