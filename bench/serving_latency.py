@@ -191,7 +191,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)
-    parser.add_argument("--workers", type=int, default=2, help="API worker processes")
+    parser.add_argument("--workers", type=int, default=1, help="API worker processes (recsys serve --workers)")
     parser.add_argument("--clients", default="1,16,64")
     parser.add_argument("--routes", default="similar,user")
     args = parser.parse_args()
