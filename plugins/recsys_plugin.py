@@ -6,9 +6,12 @@
                   curve, test HR@10 over the model versions, and a movie search that shows
                   recommendations (it calls /recsys with fetch()).
 
-Settings come from the API server's environment (RECSYS_*), as for the CLI. Heavy imports (the
-recsys stores, pymilvus, numpy) happen when the API server starts or a request arrives, never when
-the scheduler or a worker loads plugins. Airflow only mounts these apps in its API server.
+Both apps answer only authenticated Airflow users who may read the DAG's runs (viewers included):
+a bearer JWT from `POST /auth/token` or the UI session (`recsys_airflow.auth`). The stores are the
+ones the tasks use: the Airflow connections `recsys_mysql` / `recsys_milvus` first, then `RECSYS_*`
+(`recsys_airflow.stores`), resolved once per API server process. Heavy imports (the recsys stores,
+pymilvus, numpy) happen when the API server starts or a request arrives, never when the scheduler or
+a worker loads plugins. Airflow only mounts these apps in its API server.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any, ClassVar
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import FileResponse, Response
+from recsys_airflow.auth import RequireDagReader
 
 from recsys_tasks.pipeline import GATES
 
@@ -30,9 +34,9 @@ PAGE = Path(__file__).resolve().parent / "recsys_ui" / "index.html"
 
 @lru_cache(maxsize=1)
 def _settings():  # -> recsys_tasks.config.Settings
-    from recsys_tasks.config import load_settings
+    from recsys_airflow.stores import settings
 
-    return load_settings()
+    return settings()
 
 
 @asynccontextmanager
@@ -47,6 +51,8 @@ async def _mount_serving_api(app: FastAPI) -> AsyncIterator[None]:
 api_app = FastAPI(title="movielens-recsys API (Airflow plugin)", lifespan=_mount_serving_api,
                   docs_url=None, redoc_url=None, openapi_url=None)
 ui_app = FastAPI(title="movielens-recsys view", docs_url=None, redoc_url=None, openapi_url=None)
+for _app in (api_app, ui_app):
+    _app.add_middleware(RequireDagReader)
 
 
 @ui_app.get("/", include_in_schema=False)
