@@ -40,16 +40,21 @@ def _settings():  # -> recsys_tasks.config.Settings
 
 
 @asynccontextmanager
-async def _mount_serving_api(app: FastAPI) -> AsyncIterator[None]:
+async def _build_serving_api(app: FastAPI) -> AsyncIterator[None]:
     """Build the serving app when the API server starts (Airflow runs mounted apps' lifespans)."""
     from recsys_tasks.serving.api import create_app
 
-    app.mount("/", create_app(_settings()))
+    app.state.serving = create_app(_settings())
     yield
 
 
-api_app = FastAPI(title="movielens-recsys API (Airflow plugin)", lifespan=_mount_serving_api,
+async def _serving_api(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    await api_app.state.serving(scope, receive, send)  # the app the latest startup built
+
+
+api_app = FastAPI(title="movielens-recsys API (Airflow plugin)", lifespan=_build_serving_api,
                   docs_url=None, redoc_url=None, openapi_url=None)
+api_app.mount("/", _serving_api)
 ui_app = FastAPI(title="movielens-recsys view", docs_url=None, redoc_url=None, openapi_url=None)
 for _app in (api_app, ui_app):
     _app.add_middleware(RequireDagReader)

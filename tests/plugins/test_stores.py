@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from recsys_airflow import stores
 
 STORE_VARS = ("RECSYS_DB_URL", "RECSYS_MILVUS_URI", "RECSYS_MILVUS_TOKEN", "AIRFLOW_CONN_RECSYS_MYSQL",
