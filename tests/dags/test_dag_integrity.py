@@ -141,3 +141,12 @@ def test_every_param_has_a_form_title_and_description(recsys_dag) -> None:
     for name in recsys_dag.params:
         param = recsys_dag.params.get_param(name)
         assert param.schema.get("title") and param.description, name
+
+
+def test_the_readme_and_the_dag_doc_give_the_same_backfill_command(recsys_dag) -> None:
+    from tests.production.stack import readme_backfill_command
+
+    in_doc = " ".join(recsys_dag.doc_md.split("airflow backfill create", 1)[1].split("\n\n")[0].replace("\\", " ")
+                      .split())
+    assert readme_backfill_command().split() == ["airflow", "backfill", "create", *in_doc.split()]
+    assert "--max-active-runs 1" in readme_backfill_command()
