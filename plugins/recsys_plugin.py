@@ -70,9 +70,9 @@ def live_status(runs: int = Query(10, ge=1, le=100)) -> dict[str, Any]:
     """The live model (recsys status), the registry, and the last runs with their gate results."""
     from sqlalchemy import func, select
 
+    from recsys_tasks.release.promotion import status
     from recsys_tasks.stores.catalog import Catalog
     from recsys_tasks.stores.catalog import runs as runs_table
-    from recsys_tasks.stores.steps import status
 
     settings = _settings()
     catalog = Catalog.from_settings(settings)
@@ -95,7 +95,7 @@ def live_status(runs: int = Query(10, ge=1, le=100)) -> dict[str, Any]:
 @ui_app.get("/curve.png", include_in_schema=False)
 def training_curve() -> FileResponse:
     """curve.png of the live model's train folder (model_version = "v" + the train step's key[:12])."""
-    from recsys_tasks.stores.steps import status
+    from recsys_tasks.release.promotion import status
 
     settings = _settings()
     live = status(settings)["live"]

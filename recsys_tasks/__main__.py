@@ -38,6 +38,7 @@ def _pipeline_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=DEVICES)
     p.add_argument("--sampler", choices=SAMPLERS)
     p.add_argument("--seed", type=int)
+    p.add_argument("--run-date", help="the run's date, YYYY-MM-DD (default today, UTC): orders models by recency")
     p.add_argument("--force", action="store_true", default=None, help="redo steps even when outputs exist")
 
 
@@ -79,14 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _settings_from(args: argparse.Namespace) -> Settings:
     keys = ("home", "milvus_uri", "db_url", "snapshot", "skip_checksum", "epochs", "embed_dim", "batch_size",
-            "device", "sampler", "seed", "force")
+            "device", "sampler", "seed", "force", "run_date")
     settings = load_settings(**{k: getattr(args, k, None) for k in keys})
     if getattr(args, "synthetic", None):
         from recsys_tasks.data.synthetic import write_snapshot
+        from recsys_tasks.locks import FileLocks
 
         folder = settings.home / "synthetic" / f"ml-1m-{args.synthetic}-users-seed{settings.seed}"
-        if not folder.is_dir():
-            write_snapshot(folder, n_users=args.synthetic, fmt="ml-1m", seed=settings.seed)
+        with FileLocks(settings.home / ".locks").hold(f"synthetic:{folder.name}"):  # two runs at once write it once
+            if not folder.is_dir():
+                write_snapshot(folder, n_users=args.synthetic, fmt="ml-1m", seed=settings.seed)
         settings = settings.replace(snapshot=str(folder), skip_checksum=True)
     return settings
 
@@ -99,7 +102,11 @@ def _run(args: argparse.Namespace, until: str) -> dict[str, Any]:
     out: dict[str, Any] = {"steps": {name: r.summary() for name, r in results.items()}}
     for fact, step in (("snapshot_id", "ingest"), ("model_version", "train"), ("metrics", "evaluate")):
         if step in results:
-            out[fact] = results[step].manifest[fact]  # test-split metrics per method, from evaluate
+            out[fact] = results[step].manifest[fact]
+    if "promote" in results:
+        from recsys_tasks.release.promotion import outcome
+
+        out["promotion"] = outcome(settings, results["promote"])
     return out
 
 
@@ -111,6 +118,9 @@ def _print_human(command: str, result: dict[str, Any]) -> None:
         for fact in ("snapshot_id", "model_version"):
             if fact in result:
                 print(f"{fact}: {result[fact]}")
+        if "promotion" in result:
+            p = result["promotion"]
+            print(f"live: {p['live']}" + ("" if p["moved"] else f" (unchanged: {p['held_back']})"))
         if "metrics" in result:
             from recsys_tasks.model.metrics import METRIC_KEYS
 
@@ -155,11 +165,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             uvicorn.run(create_app(_settings_from(args)), host=args.host, port=args.port)
             return 0
         elif command == "status":
-            from recsys_tasks.stores.steps import status
+            from recsys_tasks.release.promotion import status
 
             result = status(_settings_from(args))
         else:
-            from recsys_tasks.stores.steps import rollback
+            from recsys_tasks.release.promotion import rollback
 
             result = rollback(_settings_from(args), args.to)
     except (InputError, ConfigError) as exc:

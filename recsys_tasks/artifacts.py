@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +121,7 @@ def _source_digest(path: Path) -> str:
     return hashlib.sha256(ast.dump(tree).encode()).hexdigest()
 
 
-@lru_cache(maxsize=None)
+@cache
 def module_fingerprint(module: str) -> str:
     """A hash of `module`'s code and of every recsys_tasks module it imports, transitively.
 

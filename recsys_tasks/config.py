@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ class Settings:
     seed: int = 42
     # serving and promotion
     keep_versions: int = 2
+    run_date: str = ""  # the run's (logical) date, YYYY-MM-DD; empty: today (UTC)
     quality_margin: float = 0.02
     force: bool = False
 
@@ -56,6 +58,10 @@ class Settings:
     def resolved_db_url(self) -> str:
         return self.db_url or f"sqlite:///{(self.home / 'catalog.db').resolve()}"
 
+    @property
+    def resolved_run_date(self) -> date:
+        return date.fromisoformat(self.run_date) if self.run_date else datetime.now(UTC).date()
+
     def validate(self) -> Settings:
         if self.device not in DEVICES:
             raise ConfigError(f"device: {self.device!r} is not one of {', '.join(DEVICES)}")
@@ -66,6 +72,11 @@ class Settings:
                 raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ConfigError(f"lr: must be positive, got {self.lr}")
+        if self.run_date:
+            try:
+                date.fromisoformat(self.run_date)
+            except ValueError:
+                raise ConfigError(f"run_date: {self.run_date!r} is not a date (YYYY-MM-DD)") from None
         if self.keep_versions < 1:
             raise ConfigError(f"keep_versions: must be at least 1, got {self.keep_versions}")
         if not 0 <= self.quality_margin < 1:
@@ -117,6 +128,7 @@ _ENV: dict[str, tuple[str, type]] = {
     "lr": ("RECSYS_LR", float),
     "seed": ("RECSYS_SEED", int),
     "keep_versions": ("RECSYS_KEEP_VERSIONS", int),
+    "run_date": ("RECSYS_RUN_DATE", str),
     "quality_margin": ("RECSYS_QUALITY_MARGIN", float),
 }
 

@@ -69,10 +69,10 @@ def evaluate(s: Settings, processed: StepResult, graph: StepResult, trained: Ste
     return step(processed, graph, trained, s.artifacts, force=s.force)
 
 
-def quality_gate(s: Settings, evaluated: StepResult) -> StepResult:
-    from recsys_tasks.stores.steps import quality_gate as gate
+def quality_gate(s: Settings, processed: StepResult, graph: StepResult, evaluated: StepResult) -> StepResult:
+    from recsys_tasks.release.gate import quality_gate as gate
 
-    return gate(s, evaluated)
+    return gate(s, processed, graph, evaluated)
 
 
 def export_embeddings(s: Settings, graph: StepResult, trained: StepResult) -> StepResult:
@@ -88,27 +88,27 @@ def validate_embeddings(s: Settings, exported: StepResult, processed: StepResult
 
 
 def load_vectors(s: Settings, exported: StepResult, processed: StepResult) -> StepResult:
-    from recsys_tasks.stores.steps import load_vectors as step
+    from recsys_tasks.release.loads import load_vectors as step
 
     return step(s, exported, processed)
 
 
 def load_catalog(s: Settings, processed: StepResult, evaluated: StepResult) -> StepResult:
-    from recsys_tasks.stores.steps import load_catalog as step
+    from recsys_tasks.release.loads import load_catalog as step
 
     return step(s, processed, evaluated)
 
 
 def smoke_test(s: Settings, loaded: StepResult, exported: StepResult) -> StepResult:
-    from recsys_tasks.stores.steps import smoke_test as step
+    from recsys_tasks.release.smoke import smoke_test as step
 
     return step(s, loaded, exported)
 
 
-def promote(s: Settings, loaded: StepResult) -> StepResult:
-    from recsys_tasks.stores.steps import promote as step
+def promote(s: Settings, gated: StepResult, loaded: StepResult) -> StepResult:
+    from recsys_tasks.release.promotion import promote as step
 
-    return step(s, loaded)
+    return step(s, gated, loaded)
 
 
 @dataclass(frozen=True)
@@ -129,13 +129,13 @@ STEPS: tuple[Step, ...] = (
     Step("validate_graph", "data", "gate", ("build_graph", "preprocess"), validate_graph),
     Step("train", "model", "compute", ("preprocess", "build_graph"), train),
     Step("evaluate", "model", "compute", ("preprocess", "build_graph", "train"), evaluate),
-    Step("quality_gate", "model", "gate", ("evaluate",), quality_gate),
+    Step("quality_gate", "model", "gate", ("preprocess", "build_graph", "evaluate"), quality_gate),
     Step("export_embeddings", "model", "compute", ("build_graph", "train"), export_embeddings),
     Step("validate_embeddings", "model", "gate", ("export_embeddings", "preprocess"), validate_embeddings),
     Step("load_vectors", "release", "io", ("export_embeddings", "preprocess"), load_vectors),
     Step("load_catalog", "release", "io", ("preprocess", "evaluate"), load_catalog),
     Step("smoke_test", "release", "gate", ("load_vectors", "export_embeddings"), smoke_test),
-    Step("promote", "release", "io", ("load_vectors",), promote),
+    Step("promote", "release", "io", ("quality_gate", "load_vectors"), promote),
 )
 NAMES: tuple[str, ...] = tuple(s.name for s in STEPS)
 BY_NAME: dict[str, Step] = {s.name: s for s in STEPS}
@@ -143,11 +143,16 @@ GATES: tuple[str, ...] = tuple(s.name for s in STEPS if s.kind == "gate")
 
 
 def run_one(s: Settings, name: str, inputs: Sequence[StepResult]) -> StepResult:
-    """One step on the results of the steps it reads (in `reads` order)."""
+    """One step on the results of the steps it reads (in `reads` order), under the settings' locks: the
+    catalog database's advisory locks, which hold across every host sharing it (file locks for SQLite)."""
+    from recsys_tasks import locks
+    from recsys_tasks.stores.catalog import Catalog
+
     step = BY_NAME[name]
     if len(inputs) != len(step.reads):
         raise TypeError(f"{name} reads {', '.join(step.reads) or 'nothing'}; got {len(inputs)} results")
-    return step.run(s, *inputs)
+    with locks.using(Catalog.from_settings(s).locks()):
+        return step.run(s, *inputs)
 
 
 def run(s: Settings, until: str = "promote",

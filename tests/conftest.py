@@ -41,3 +41,11 @@ def settings(tmp_path: Path):
     from recsys_tasks.config import load_settings
 
     return load_settings(home=tmp_path / "home")
+
+
+@pytest.fixture(autouse=True)
+def _quick_smoke_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The smoke test waits seconds between attempts at a store; tests need not."""
+    from recsys_tasks.release import smoke
+
+    monkeypatch.setattr(smoke, "RETRY_WAIT_S", 0.01)

@@ -176,7 +176,9 @@ def movie_ids(n: int) -> np.ndarray:
     return np.sort(np.random.default_rng(7).choice(np.arange(1, 4 * n), size=n, replace=False)).astype(np.int64)
 
 
-def write_processed(settings: Settings, n: int = 300, tag: str = "catalog") -> StepResult:
+def write_processed(settings: Settings, n: int = 300, tag: str = "catalog", newest: int = 1_000_000_000,
+                    titles: dict[int, str] | None = None) -> StepResult:
+    """A preprocess folder with `n` movies (titles by row index overridable) from a snapshot `tag`."""
     ids = movie_ids(n)
     rng = np.random.default_rng(11)
 
@@ -184,19 +186,20 @@ def write_processed(settings: Settings, n: int = 300, tag: str = "catalog") -> S
         genre_ids = [sorted(set(rng.choice(len(GENRES), size=int(rng.integers(0, 3)), replace=False).tolist()))
                      for _ in range(n)]
         years = [None if i % 17 == 0 else int(1930 + i % 70) for i in range(n)]
-        titles = [SPECIAL_TITLES.get(i, f"Movie {m} ({years[i] or '?'})") for i, m in enumerate(ids)]
+        names = {**SPECIAL_TITLES, **(titles or {})}
+        titles_ = [names.get(i, f"Movie {m} ({years[i] or '?'})") for i, m in enumerate(ids)]
         table = pa.table({
-            "movie_id": pa.array(ids, pa.int64()), "title": pa.array(titles, pa.string()),
+            "movie_id": pa.array(ids, pa.int64()), "title": pa.array(titles_, pa.string()),
             "year": pa.array(years, pa.int32()), "genres": pa.array(["|".join(GENRES[g] for g in gs) for gs in genre_ids]),
             "genre_ids": pa.array(genre_ids, pa.list_(pa.int32())),
             "title_tokens": pa.array([[1, 2] for _ in range(n)], pa.list_(pa.int32())),
         })
         pq.write_table(table, tmp / "movies.parquet")
         write_json(tmp / "vocab.json", {"genres": GENRES, "tokens": ["<pad>", "<unk>", "movie"]})
-        return {"counts": {"movies": n}}
+        return {"counts": {"movies": n}, "snapshot_id": f"snapshot-{tag}", "newest_rating_ts": newest}
 
-    return run_step(settings.artifacts, "preprocess", inputs={"ingest": f"snapshot-{tag}"}, params={"n": n},
-                    build=build)
+    return run_step(settings.artifacts, "preprocess", inputs={"ingest": f"snapshot-{tag}"},
+                    params={"n": n, "newest": newest, "titles": titles or {}}, build=build)
 
 
 def make_release(settings: Settings, tag: str, *, processed: StepResult | None = None, dim: int = 16,
@@ -215,9 +218,12 @@ def make_release(settings: Settings, tag: str, *, processed: StepResult | None =
                for m, v in (("pinsage_history", hr), ("pinsage_latest", hr * 0.9), ("popularity", baselines[0]),
                             ("itemknn", baselines[1]), ("transitions", baselines[0]))}
 
+    def train(tmp: Path) -> dict:
+        write_json(tmp / "rule.json", rule)
+        return {"model_version": version}
+
     def evaluate(tmp: Path) -> dict:
         write_json(tmp / "metrics.json", metrics)
-        write_json(tmp / "rule.json", rule)
         return {"model_version": version, "metrics": metrics}
 
     def export(tmp: Path) -> dict:
@@ -226,20 +232,28 @@ def make_release(settings: Settings, tag: str, *, processed: StepResult | None =
         return {"model_version": version, "dim": dim, "metric": "IP", "normalized": True,
                 "counts": {"movies": int(ids.size)}}
 
-    evaluated = run_step(settings.artifacts, "evaluate", inputs={"train": f"train-{tag}"},
+    trained = run_step(settings.artifacts, "train", inputs={"preprocess": processed.key}, params={"tag": tag},
+                       build=train, key=version[1:] + "0000")
+    evaluated = run_step(settings.artifacts, "evaluate", inputs={"train": trained.key},
                          params={"hr": hr, "baselines": list(baselines)}, build=evaluate)
-    exported = run_step(settings.artifacts, "export_embeddings", inputs={"train": f"train-{tag}"},
+    exported = run_step(settings.artifacts, "export_embeddings", inputs={"train": trained.key},
                         params={"dim": dim, "extra": extra_ids}, build=export)
     return Release(version, processed, evaluated, exported, ids, vectors, rule)
+
+
+def gate(settings: Settings, release: Release) -> StepResult:
+    from recsys_tasks import pipeline
+
+    return pipeline.quality_gate(settings, release.processed, release.processed, release.evaluated)
 
 
 def ship(settings: Settings, release: Release) -> dict[str, StepResult]:
     """The store steps in pipeline order, as pipeline.run calls them."""
     from recsys_tasks import pipeline
 
-    out = {"quality_gate": pipeline.quality_gate(settings, release.evaluated)}
+    out = {"quality_gate": gate(settings, release)}
     out["load_vectors"] = pipeline.load_vectors(settings, release.exported, release.processed)
     out["load_catalog"] = pipeline.load_catalog(settings, release.processed, release.evaluated)
     out["smoke_test"] = pipeline.smoke_test(settings, out["load_vectors"], release.exported)
-    out["promote"] = pipeline.promote(settings, out["load_vectors"])
+    out["promote"] = pipeline.promote(settings, out["quality_gate"], out["load_vectors"])
     return out

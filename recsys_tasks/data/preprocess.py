@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from recsys_tasks.artifacts import StepResult, run_step
@@ -44,7 +45,8 @@ def preprocess(ingested: StepResult, root: Path, *, force: bool = False) -> Step
         movies, vocab = movie_features(pq.read_table(ingested.out("movies.parquet")))
         pq.write_table(movies, tmp / "movies.parquet")
         (tmp / "vocab.json").write_text(json.dumps(vocab, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        splits = split_ratings(pq.read_table(ingested.out("ratings.parquet")))
+        ratings = pq.read_table(ingested.out("ratings.parquet"))
+        splits = split_ratings(ratings)
         for name, table in splits.items():
             pq.write_table(table, tmp / f"{name}.parquet")
         counts = {"movies": movies.num_rows, "genres": len(vocab["genres"]), "tokens": len(vocab["tokens"]),
@@ -54,7 +56,8 @@ def preprocess(ingested: StepResult, root: Path, *, force: bool = False) -> Step
             pq.write_table(users, tmp / "users.parquet")
             counts["users_with_features"] = users.num_rows
         counts["users"] = len(np.unique(splits["train"]["user_id"].to_numpy()))
-        return {"snapshot_id": ingested.manifest.get("snapshot_id"), "counts": counts}
+        return {"snapshot_id": ingested.manifest.get("snapshot_id"), "counts": counts,
+                "newest_rating_ts": int(pc.max(ratings["timestamp"]).as_py())}
 
     return run_step(root, "preprocess", inputs={"ingest": ingested.key}, params=params, build=build, force=force)
 

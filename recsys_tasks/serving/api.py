@@ -20,8 +20,6 @@ from recsys_tasks.serving.recommend import (
     recommend_for_history,
     recommend_similar,
 )
-from recsys_tasks.stores.catalog import Catalog, movies
-from recsys_tasks.stores.milvus import version_of
 
 MovieId = Annotated[StrictInt, Field(ge=1, le=2**63 - 1)]
 
@@ -71,15 +69,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/health", response_model=Health, responses={503: {"model": Health}})
     def health() -> Any:
-        catalog = Catalog.from_settings(settings)
         try:
-            store, _, collection = live(settings)
+            model = live(settings)
         except NoLiveModel:
             body = Health(status="no live model", model_version=None, collection=None,
-                          counts={"movies": catalog.count(movies), "vectors": 0})
+                          counts={"movies": 0, "vectors": 0})
             return JSONResponse(status_code=503, content=body.model_dump())
-        return Health(status="ok", model_version=version_of(collection), collection=collection,
-                      counts={"movies": catalog.count(movies), "vectors": store.row_count(collection)})
+        return Health(status="ok", model_version=model.version, collection=model.collection,
+                      counts={"movies": model.catalog.catalog_size(model.catalog_id),
+                              "vectors": model.store.row_count(model.collection)})
 
     @app.get("/movies/{movie_id}/similar", response_model=Recommendations)
     def similar(movie_id: Annotated[int, Path(ge=1, le=2**63 - 1)],
@@ -96,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def search_movies(query: Annotated[str, Query(min_length=1, max_length=200)],
                       limit: Annotated[int, Query(ge=1, le=100)] = 20) -> list[dict[str, Any]]:
         """Find movie ids by title (case-insensitive substring)."""
-        return Catalog.from_settings(settings).search_titles(query, limit)
+        model = live(settings)
+        return model.catalog.search_titles(query, limit, model.catalog_id)
 
     return app

@@ -1,19 +1,22 @@
 """Recommendations from the live model: vectors and search in Milvus, titles from the catalog.
 
-The alias `movies` says which collection is live; each request resolves it once and then reads
-and searches that one collection, so a promotion in between cannot mix two models' vectors.
+The alias `movies` says which collection is live; each request resolves it once (`live`) to a
+`Served` model, its registry row naming the catalog and the history rule it was evaluated with, and
+then reads and searches only that collection with those titles: a promotion in between cannot mix two
+models' vectors, or one model's vectors with another snapshot's titles.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from recsys_tasks.config import Settings
 from recsys_tasks.errors import InputError
-from recsys_tasks.model.rules import DEFAULT_RULE, history_query
+from recsys_tasks.model.rules import history_query
 from recsys_tasks.stores.catalog import Catalog
 from recsys_tasks.stores.milvus import ALIAS, Hit, VectorStore, version_of
 
@@ -29,13 +32,36 @@ class NoLiveModel(RuntimeError):
     """Nothing is promoted yet (HTTP 503)."""
 
 
-def live(settings: Settings) -> tuple[VectorStore, Catalog, str]:
+@dataclass(frozen=True)
+class Served:
+    """One model version as served: its collection, its catalog (titles) and its history rule."""
+
+    store: VectorStore
+    catalog: Catalog
+    collection: str
+    catalog_id: str
+    rule: dict[str, Any]
+
+    @property
+    def version(self) -> str:
+        return version_of(self.collection)
+
+
+def served(store: VectorStore, catalog: Catalog, collection: str) -> Served:
+    """The model in `collection`, with the catalog and rule its registry row names."""
+    row = catalog.version(version_of(collection))
+    if row is None or not row.get("catalog_id") or not row.get("rule"):
+        raise NoLiveModel(f"{collection} has no registry row with a catalog and a rule (run load_catalog)")
+    return Served(store, catalog, collection, str(row["catalog_id"]), dict(row["rule"]))
+
+
+def live(settings: Settings) -> Served:
     store = VectorStore.from_settings(settings)
     name = store.live_collection()
     if name is None:
         raise NoLiveModel(f"no model is served yet: the Milvus alias {ALIAS!r} does not exist "
                           "(run the pipeline through promote)")
-    return store, Catalog.from_settings(settings), name
+    return served(store, Catalog.from_settings(settings), name)
 
 
 def _check_k(k: int) -> None:
@@ -43,46 +69,43 @@ def _check_k(k: int) -> None:
         raise InputError(f"k must be between 1 and {MAX_K}, got {k}", rule="k range")
 
 
-def _result(catalog: Catalog, collection: str, hits: Sequence[Hit]) -> dict[str, Any]:
-    records = catalog.movies_by_id(h.movie_id for h in hits)
+def _result(model: Served, hits: Sequence[Hit]) -> dict[str, Any]:
+    records = model.catalog.movies_by_id((h.movie_id for h in hits), model.catalog_id)
     empty = {"title": None, "year": None, "genres": None}
     items = [{**empty, **records.get(h.movie_id, {}), "movie_id": h.movie_id, "score": h.score} for h in hits]
-    return {"model_version": version_of(collection), "collection": collection, "items": items}
+    return {"model_version": model.version, "collection": model.collection, "items": items}
 
 
-def similar_in(store: VectorStore, catalog: Catalog, collection: str, movie_id: int, k: int) -> dict[str, Any]:
-    """The k movies nearest to `movie_id` in `collection`, without itself."""
+def similar_in(model: Served, movie_id: int, k: int) -> dict[str, Any]:
+    """The k movies nearest to `movie_id`, without itself."""
     _check_k(k)
-    vector = store.vectors(collection, [movie_id]).get(movie_id)
+    vector = model.store.vectors(model.collection, [movie_id]).get(movie_id)
     if vector is None:
-        raise NotFound(f"movie {movie_id} is not in model {version_of(collection)}", rule="known movie id")
-    hits = [h for h in store.search(collection, vector[None, :], k + 1)[0] if h.movie_id != movie_id]
-    return _result(catalog, collection, hits[:k])
+        raise NotFound(f"movie {movie_id} is not in model {model.version}", rule="known movie id")
+    hits = [h for h in model.store.search(model.collection, vector[None, :], k + 1)[0] if h.movie_id != movie_id]
+    return _result(model, hits[:k])
 
 
-def history_in(store: VectorStore, catalog: Catalog, collection: str, movie_ids: Sequence[int], k: int,
-               rule: dict[str, Any] | None) -> dict[str, Any]:
-    """Top k for a history (oldest -> newest) by the served history rule, the history itself excluded."""
+def history_in(model: Served, movie_ids: Sequence[int], k: int) -> dict[str, Any]:
+    """Top k for a history (oldest -> newest) by the model's history rule, the history itself excluded."""
     _check_k(k)
     if not 1 <= len(movie_ids) <= MAX_HISTORY:
         raise InputError(f"history must hold 1 to {MAX_HISTORY} movie ids, got {len(movie_ids)}",
                          rule="history length")
-    found = store.vectors(collection, set(movie_ids))
+    found = model.store.vectors(model.collection, set(movie_ids))
     missing = [m for m in dict.fromkeys(movie_ids) if m not in found]
     if missing:
-        raise NotFound(f"movies {missing[:10]} are not in model {version_of(collection)}", rule="known movie id")
-    query = history_query(np.stack([found[m] for m in movie_ids]), rule or DEFAULT_RULE)
+        raise NotFound(f"movies {missing[:10]} are not in model {model.version}", rule="known movie id")
+    query = history_query(np.stack([found[m] for m in movie_ids]), model.rule)
     seen = set(movie_ids)
-    hits = [h for h in store.search(collection, query[None, :], k + len(seen))[0] if h.movie_id not in seen]
-    return _result(catalog, collection, hits[:k])
+    hits = [h for h in model.store.search(model.collection, query[None, :], k + len(seen))[0]
+            if h.movie_id not in seen]
+    return _result(model, hits[:k])
 
 
 def recommend_similar(settings: Settings, movie_id: int, k: int) -> dict[str, Any]:
-    store, catalog, collection = live(settings)
-    return similar_in(store, catalog, collection, movie_id, k)
+    return similar_in(live(settings), movie_id, k)
 
 
 def recommend_for_history(settings: Settings, movie_ids: list[int], k: int) -> dict[str, Any]:
-    store, catalog, collection = live(settings)
-    rule = ((catalog.version(version_of(collection)) or {}).get("metrics") or {}).get("rule")
-    return history_in(store, catalog, collection, movie_ids, k, rule)
+    return history_in(live(settings), movie_ids, k)

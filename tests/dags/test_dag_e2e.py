@@ -73,7 +73,7 @@ class Pipeline:
                 XComModel.key == "return_value")).scalar_one()
 
     def status(self) -> dict[str, Any]:
-        from recsys_tasks.stores.steps import status
+        from recsys_tasks.release.promotion import status
 
         return status(self.settings)
 

@@ -44,8 +44,8 @@ def test_whole_dag_on_real_ml1m_with_mariadb(airflow_db: Path, tmp_path: Path,
         assert states == {"resolve_config": "success", **{s: "success" for s in STEPS}}
 
         from recsys_tasks.config import load_settings
+        from recsys_tasks.release.promotion import status
         from recsys_tasks.serving.recommend import recommend_similar
-        from recsys_tasks.stores.steps import status
 
         settings = load_settings(db_url=db_url)
         live = status(settings)["live"]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import io
-from datetime import datetime
+from datetime import date, datetime
 
 import pytest
 from PIL import Image
 from sqlalchemy import update
 
 from recsys_tasks.config import Settings
+from recsys_tasks.release.registry import Registry
 from recsys_tasks.serving.quality_plot import METHODS, quality_history, quality_plot_png
 from recsys_tasks.stores.catalog import Catalog, dispose, model_versions
 
@@ -18,7 +19,7 @@ CREATED = {"v1": datetime(2026, 11, 1, 9), "v2": datetime(2026, 11, 8, 9), "v3":
 
 def _metrics(hr: float) -> dict:
     return {"pinsage_history": {"hr@10": hr, "ndcg@10": hr / 2}, "pinsage_latest": {"hr@10": hr * 0.9},
-            "popularity": {"hr@10": 0.04}, "itemknn": {"hr@10": 0.05}, "rule": {"name": "history"}}
+            "popularity": {"hr@10": 0.04}, "itemknn": {"hr@10": 0.05}}
 
 
 @pytest.fixture
@@ -29,12 +30,13 @@ def catalog(settings: Settings):
 
 def _registry(catalog: Catalog) -> None:
     """v1 retired (was active), v2 rejected, v3 active, v0 without metrics; registered newest first."""
-    catalog.register("v3", "candidate", metrics=_metrics(0.12))
-    catalog.register("v2", "rejected", metrics=_metrics(0.08), reason="worse than live")
-    catalog.register("v1", "candidate", metrics=_metrics(0.10))
-    catalog.register("v0", "candidate")
-    catalog.activate("v1")
-    catalog.activate("v3")
+    registry = Registry(catalog)
+    for version, hr in (("v3", 0.12), ("v2", 0.08), ("v1", 0.10), ("v0", None)):
+        registry.register(version, snapshot_id="s", catalog_id="c", data_ts=1, run_date=date(2026, 11, 1),
+                          metrics=_metrics(hr) if hr else {}, rule={"name": "history"})
+    registry.reject("v2", "worse than live", "quality_gate")
+    registry.activate("v1", "promote", "first")
+    registry.activate("v3", "promote", "replaced by v3")
     with catalog.engine.begin() as conn:
         for version, created in CREATED.items():
             conn.execute(update(model_versions).where(model_versions.c.version == version)

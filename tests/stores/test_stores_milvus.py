@@ -7,7 +7,7 @@ import pytest
 
 from recsys_tasks import pipeline
 from recsys_tasks.config import Settings
-from recsys_tasks.stores.catalog import Catalog, model_versions, movies
+from recsys_tasks.stores.catalog import Catalog, catalog_movies, model_versions
 from recsys_tasks.stores.milvus import VectorStore, collection_name
 from tests.fixtures_stores import GENRES, make_release
 
@@ -68,17 +68,19 @@ def test_load_catalog_is_idempotent_and_registers_the_candidate(stores: Settings
     catalog = Catalog.from_settings(stores)
     row = catalog.version(release.version)
     assert row["status"] == "candidate" and row["snapshot_id"] == "snapshot-catalog"
-    assert row["metrics"]["rule"] == release.rule and row["metrics"]["pinsage_history"]["hr@10"] == 0.10
-    assert first.manifest["counts"] == {"movies": 300, "upserted": 300}
-    state = (catalog.movies_by_id(release.ids.tolist()), catalog.versions())
+    assert row["rule"] == release.rule and row["metrics"]["pinsage_history"]["hr@10"] == 0.10
+    assert row["catalog_id"] == first.manifest["catalog_id"] and row["data_ts"] == 1_000_000_000
+    assert first.manifest["counts"] == {"movies": 300, "written": 300}
+    state = (catalog.movies_by_id(release.ids.tolist(), row["catalog_id"]), catalog.versions())
     again = pipeline.load_catalog(stores, release.processed, release.evaluated)
-    assert again.skipped and (catalog.movies_by_id(release.ids.tolist()), catalog.versions()) == state
+    assert again.skipped and (catalog.movies_by_id(release.ids.tolist(), row["catalog_id"]), catalog.versions()) == state
 
     with catalog.engine.begin() as conn:  # a wiped catalog is reloaded although the folder exists
-        conn.execute(movies.delete())
+        conn.execute(catalog_movies.delete())
         conn.execute(model_versions.delete())
     reloaded = pipeline.load_catalog(stores, release.processed, release.evaluated)
-    assert not reloaded.skipped and catalog.count(movies) == 300 and catalog.version(release.version)
+    assert not reloaded.skipped and catalog.catalog_size(row["catalog_id"]) == 300
+    assert catalog.version(release.version)
 
 
 @pytest.mark.parametrize("stores", MILVUS[:1], indirect=True)

@@ -11,11 +11,12 @@ from recsys_tasks import pipeline
 from recsys_tasks.__main__ import main
 from recsys_tasks.config import Settings
 from recsys_tasks.errors import GateFailure, InputError
+from recsys_tasks.release.promotion import rollback, status
+from recsys_tasks.release.registry import Registry
 from recsys_tasks.serving.recommend import recommend_similar
 from recsys_tasks.stores.catalog import Catalog
 from recsys_tasks.stores.milvus import VectorStore, collection_name
-from recsys_tasks.stores.steps import rollback, status
-from tests.fixtures_stores import Release, make_release, ship
+from tests.fixtures_stores import Release, gate, make_release, ship
 
 FLOWS = [pytest.param(("lite", "sqlite"), id="lite-sqlite"),
          pytest.param(("server", "mariadb"), id="server-mariadb", marks=pytest.mark.mysql)]
@@ -77,11 +78,11 @@ def test_failed_smoke_test_keeps_the_live_model(stores: Settings) -> None:
     catalog = Catalog.from_settings(stores)
     assert catalog.version(bad.version)["status"] == "rejected"
     assert catalog.version(bad.version)["reason"].startswith("smoke_test")
-    assert catalog.active()["version"] == v1.version
+    assert Registry(catalog).active()["version"] == v1.version
 
     loaded = pipeline.load_vectors(stores, bad.exported, bad.processed)
     with pytest.raises(GateFailure, match="rejected"):
-        pipeline.promote(stores, loaded)
+        pipeline.promote(stores, gate(stores, bad), loaded)
     assert _live(stores) == collection_name(v1.version)
 
 
@@ -90,7 +91,7 @@ def test_quality_gate_rejects_a_worse_candidate(stores: Settings) -> None:
     ship(stores, v1)
     worse = make_release(stores, "worse", processed=v1.processed, hr=0.07)
     with pytest.raises(GateFailure) as failure:
-        pipeline.quality_gate(stores, worse.evaluated)
+        gate(stores, worse)
     assert failure.value.rule == "no_regression" and "0.0700" in str(failure.value) and "0.1000" in str(failure.value)
     decision = json.loads(Path(failure.value.report).read_text())
     assert decision["passed"] is False and decision["active_version"] == v1.version
@@ -98,15 +99,15 @@ def test_quality_gate_rejects_a_worse_candidate(stores: Settings) -> None:
     row = catalog.version(worse.version)
     assert row["status"] == "rejected" and "no_regression" in row["reason"]
     assert row["metrics"]["pinsage_history"]["hr@10"] == 0.07
-    assert _live(stores) == collection_name(v1.version) and catalog.active()["version"] == v1.version
+    assert _live(stores) == collection_name(v1.version) and Registry(catalog).active()["version"] == v1.version
 
     weak = make_release(stores, "weak", processed=v1.processed, hr=0.045, baselines=(0.04, 0.05))
     with pytest.raises(GateFailure) as failure:
-        pipeline.quality_gate(stores, weak.evaluated)
+        gate(stores, weak)
     assert failure.value.rule == "beats_baselines" and "itemknn" in str(failure.value)
 
     close = make_release(stores, "close", processed=v1.processed, hr=0.085)  # within the 0.02 margin
-    passed = pipeline.quality_gate(stores, close.evaluated)
+    passed = gate(stores, close)
     assert passed.manifest["decision"]["passed"] and catalog.version(close.version)["status"] == "candidate"
 
 
