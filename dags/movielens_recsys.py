@@ -13,7 +13,8 @@ date changes nothing.
 report sits in the step's `.failed` folder, and the model being served stays as it was.
 I/O steps (`ingest`, `load_vectors`, `load_catalog`, `promote`) retry with exponential backoff.
 `train` runs in the one-slot pool `gpu` (two trainings never share a GPU) on the queue named by
-`RECSYS_TRAIN_QUEUE` (the compose GPU worker listens on `gpu`). `promote` is skipped when the live
+`RECSYS_TRAIN_QUEUE` (the compose GPU worker listens on `gpu`). `promote` serves a model only if
+its data is newer than the live model's (then the run's date decides), and is skipped when the live
 model does not change; when it switches, the asset `recsys://milvus/movies` gets an event.
 
 **Params** (trigger form; an empty field or a cleared checkbox keeps the `RECSYS_*` environment's
@@ -100,11 +101,12 @@ def model(cfg: Any, upstream: dict[str, Any]) -> dict[str, Any]:
     processed, graph = upstream["preprocess"], upstream["build_graph"]
     trained = step_task("train")(cfg, processed, graph)
     evaluated = step_task("evaluate")(cfg, processed, graph, trained)
-    judged = step_task("quality_gate")(cfg, evaluated)
+    judged = step_task("quality_gate")(cfg, processed, graph, evaluated)
     exported = step_task("export_embeddings")(cfg, graph, trained)
     exported_ok = step_task("validate_embeddings")(cfg, exported, processed)
     chain(upstream["gate"], trained, evaluated, judged, exported, exported_ok)
-    return {**upstream, "evaluate": evaluated, "export_embeddings": exported, "gate": exported_ok}
+    return {**upstream, "evaluate": evaluated, "quality_gate": judged, "export_embeddings": exported,
+            "gate": exported_ok}
 
 
 @task_group
@@ -114,7 +116,7 @@ def release(cfg: Any, upstream: dict[str, Any]) -> None:
     loaded = step_task("load_vectors")(cfg, exported, processed)
     catalog = step_task("load_catalog")(cfg, processed, upstream["evaluate"])
     smoke_ok = step_task("smoke_test")(cfg, loaded, exported)
-    promoted = step_task("promote")(cfg, loaded)
+    promoted = step_task("promote")(cfg, upstream["quality_gate"], loaded)
     chain(upstream["gate"], loaded, catalog, smoke_ok, promoted)
 
 

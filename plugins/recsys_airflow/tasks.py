@@ -45,6 +45,7 @@ def resolve_config(params: dict[str, Any], run_date: date) -> dict[str, Any]:
 
     cfg = {k: params[k] for k in SETTING_PARAMS if params.get(k) not in (None, False)}
     cfg["snapshot"] = resolve_snapshot(params.get("snapshot") or settings().snapshot, run_date)
+    cfg["run_date"] = run_date.isoformat()  # the registry orders models by data recency, then run date
     log.info("run date %s: settings %s", run_date, settings(**cfg).public())
     return cfg
 
@@ -69,6 +70,7 @@ def run_step(step: Step, cfg: dict[str, Any], inputs: Sequence[str]) -> str:
     from recsys_tasks import pipeline
     from recsys_tasks.artifacts import load_result
     from recsys_tasks.errors import InputError
+    from recsys_tasks.release.promotion import moved
 
     ctx = get_current_context()
     if step.name == PROMOTE and ctx["params"].get("promote") == "no":
@@ -86,13 +88,6 @@ def run_step(step: Step, cfg: dict[str, Any], inputs: Sequence[str]) -> str:
     if step.name == PROMOTE and not moved(result):
         raise AirflowSkipException(f"{result.manifest.get('model_version')}: the live model did not change")
     return str(result.path)
-
-
-def moved(promoted: Any) -> bool:
-    """Whether this promote switched the alias. A skipped step (already promoted) never did; for a step
-    that ran, the manifest's `moved` says (False: it stays behind a newer live model); a manifest
-    without `moved` comes from a promote that always switched when it ran."""
-    return not promoted.skipped and bool(promoted.manifest.get("moved", True))
 
 
 def record(settings: Any, run_id: str, step: str, status: str, started: datetime,

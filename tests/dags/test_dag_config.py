@@ -49,7 +49,7 @@ def test_params_and_the_dated_snapshot_become_settings(module: Any, airflow_db: 
                           mark_success_pattern=ONLY_RESOLVE)
     assert run.state == "success"
     assert _resolved(run) == {"snapshot": str(dated / "2026-11-01" / "ml-1m.zip"), "epochs": 3,
-                              "device": "cpu"}
+                              "device": "cpu", "run_date": "2026-11-07"}
 
 
 def test_empty_params_leave_the_environment_in_force(module: Any, airflow_db: Path, dated: Path,
@@ -61,7 +61,7 @@ def test_empty_params_leave_the_environment_in_force(module: Any, airflow_db: Pa
     run = module.dag.test(logical_date=datetime(2026, 11, 9, 2, tzinfo=UTC), mark_success_pattern=ONLY_RESOLVE,
                           run_conf={"snapshot": "", "device": None, "sampler": None, "epochs": None})
     assert run.state == "success"
-    assert _resolved(run) == {"snapshot": str(dated / "2026-11-08" / "ml-1m.zip")}
+    assert _resolved(run) == {"snapshot": str(dated / "2026-11-08" / "ml-1m.zip"), "run_date": "2026-11-09"}
 
 
 def test_a_run_without_logical_date_uses_its_trigger_time(module: Any, airflow_db: Path, dated: Path) -> None:

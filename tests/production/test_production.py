@@ -110,7 +110,7 @@ def test_first_run_through_the_rest_api_trains_on_the_gpu_queue_and_promotes(
     assert all(ti["queue"] == "default" for s, ti in states.items() if s != "train")
     # the newest dated snapshot as of the run's date
     assert stack.xcom(admin, run_id, "resolve_config")["snapshot"] == str(stack.root / "snapshots" / DATES[-1])
-    from recsys_tasks.stores.steps import status
+    from recsys_tasks.release.promotion import status
 
     live = status(settings)["live"]
     assert live is not None and live["status"] == "active"
@@ -180,7 +180,7 @@ def test_a_corrupted_snapshot_fails_at_its_gate_alerts_and_keeps_the_live_model(
 
 def test_the_readme_backfill_runs_the_dates_in_order_and_never_serves_older_data(
         stack: Stack, tokens: dict[str, str], first: dict[str, Any], settings) -> None:
-    from recsys_tasks.stores.steps import status
+    from recsys_tasks.release.promotion import status
 
     admin = tokens["admin"]
     live_before = live_version(stack, tokens["viewer"])
