@@ -255,7 +255,7 @@ def _build(step_dir: Path, step: str, key: str, inputs: dict[str, Any], params: 
         facts = build(tmp) or {}
     except InputError as exc:
         if isinstance(exc, GateFailure):
-            write_json(tmp / FAILURE, {"message": str(exc), "rule": exc.rule,
+            write_json(tmp / FAILURE, {"message": exc.message, "rule": exc.rule,
                                        "file": exc.file and str(exc.file), "report": exc.report and str(exc.report)})
         _replace_dir(tmp, step_dir / f"{key}.failed")  # keep the reports for the person reading them
         raise
