@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -32,8 +31,7 @@ from recsys_tasks.pipeline import GATES
 PAGE = Path(__file__).resolve().parent / "recsys_ui" / "index.html"
 
 
-@lru_cache(maxsize=1)
-def _settings():  # -> recsys_tasks.config.Settings
+def _resolve_settings():  # -> recsys_tasks.config.Settings
     from recsys_airflow.stores import settings
 
     return settings()
@@ -44,8 +42,18 @@ async def _build_serving_api(app: FastAPI) -> AsyncIterator[None]:
     """Build the serving app when the API server starts (Airflow runs mounted apps' lifespans)."""
     from recsys_tasks.serving.api import create_app
 
-    app.state.serving = create_app(_settings())
+    app.state.serving = create_app(_resolve_settings())
     yield
+
+
+@asynccontextmanager
+async def _resolve_stores(app: FastAPI) -> AsyncIterator[None]:
+    app.state.settings = _resolve_settings()
+    yield
+
+
+def _settings():  # -> recsys_tasks.config.Settings: the view's, resolved when the API server started
+    return ui_app.state.settings
 
 
 async def _serving_api(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -55,7 +63,8 @@ async def _serving_api(scope: dict[str, Any], receive: Any, send: Any) -> None:
 api_app = FastAPI(title="movielens-recsys API (Airflow plugin)", lifespan=_build_serving_api,
                   docs_url=None, redoc_url=None, openapi_url=None)
 api_app.mount("/", _serving_api)
-ui_app = FastAPI(title="movielens-recsys view", docs_url=None, redoc_url=None, openapi_url=None)
+ui_app = FastAPI(title="movielens-recsys view", lifespan=_resolve_stores, docs_url=None, redoc_url=None,
+                 openapi_url=None)
 for _app in (api_app, ui_app):
     _app.add_middleware(RequireDagReader)
 

@@ -159,19 +159,23 @@ class Stack:
         return out.stdout
 
     def init(self) -> None:
-        """docker-compose.yml's airflow-init, plus the connections an operator creates."""
+        """docker-compose.yml's airflow-init, plus the users and connections an operator creates."""
         self.airflow("db", "migrate")
-        for user, role in USERS.items():
+        for user, role in USERS.items():  # (`users import` sets no passwords)
             self.airflow("users", "create", "--role", role, "--username", user, "--password",
                          self.passwords[user], "--firstname", user, "--lastname", "Test",
                          "--email", f"{user}@test.local")
         self.airflow("pools", "set", "gpu", "1", "one training at a time per GPU")
-        self.airflow("connections", "add", "recsys_mysql", "--conn-uri",
-                     f"mysql://root@127.0.0.1:3306/{self.name}")
-        # milvus-lite ignores credentials; they exercise the login/password → token path all the same
-        self.airflow("connections", "add", "recsys_milvus", "--conn-uri",
-                     f"http://recsys:{secrets.token_urlsafe(8)}@127.0.0.1:{self.milvus_port}")
-        self.airflow("connections", "add", "recsys_smtp", "--conn-json", self.smtp_connection)
+        connections = {
+            "recsys_mysql": {"conn_type": "mysql", "host": "127.0.0.1", "port": 3306, "login": "root",
+                             "schema": self.name},
+            # milvus-lite ignores credentials; they exercise the login/password → token path all the same
+            "recsys_milvus": {"conn_type": "http", "host": "127.0.0.1", "port": self.milvus_port,
+                              "login": "recsys", "password": secrets.token_urlsafe(8)},
+            "recsys_smtp": json.loads(self.smtp_connection),
+        }
+        (self.root / "connections.json").write_text(json.dumps(connections))
+        self.airflow("connections", "import", str(self.root / "connections.json"))
 
     def start(self, name: str, *cmd: str, extra_env: dict[str, str] | None = None) -> None:
         log = (self.logs / f"{name}.log").open("w")
