@@ -227,7 +227,7 @@ def run_step(root: Path, step: str, *, inputs: dict[str, Any], params: dict[str,
             log.info("%s: the failed verdict for key %s stands (%s); force re-runs it", step, key, failed)
             raise GateFailure(verdict["message"], rule=verdict.get("rule"), file=verdict.get("file"),
                               report=verdict.get("report") and Path(verdict["report"]))
-        for stale in step_dir.glob(f".tmp-{key}-*"):  # left by a killed builder of this key
+        for stale in [*step_dir.glob(f".tmp-{key}-*"), *step_dir.glob(f".old-{key}-*")]:  # a killed builder's
             shutil.rmtree(stale, ignore_errors=True)
         return _build(step_dir, step, key, inputs, params, build)
 

@@ -308,6 +308,7 @@ def ship(settings: Settings, release: Release) -> dict[str, StepResult]:
     out = {"quality_gate": gate(settings, release)}
     out["load_vectors"] = pipeline.load_vectors(settings, release.exported, release.processed)
     out["load_catalog"] = pipeline.load_catalog(settings, release.processed, release.evaluated)
-    out["smoke_test"] = pipeline.smoke_test(settings, out["load_vectors"], release.exported)
+    out["smoke_test"] = pipeline.smoke_test(settings, out["load_vectors"], release.exported, release.processed,
+                                            release.graph)
     out["promote"] = pipeline.promote(settings, out["quality_gate"], out["load_vectors"])
     return out
