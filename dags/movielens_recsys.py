@@ -115,7 +115,7 @@ def release(cfg: Any, upstream: dict[str, Any]) -> None:
     processed, exported = upstream["preprocess"], upstream["export_embeddings"]
     loaded = step_task("load_vectors")(cfg, exported, processed)
     catalog = step_task("load_catalog")(cfg, processed, upstream["evaluate"])
-    smoke_ok = step_task("smoke_test")(cfg, loaded, exported)
+    smoke_ok = step_task("smoke_test")(cfg, loaded, exported, processed, upstream["build_graph"])
     promoted = step_task("promote")(cfg, upstream["quality_gate"], loaded)
     chain(upstream["gate"], loaded, catalog, smoke_ok, promoted)
 
