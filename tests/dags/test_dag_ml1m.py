@@ -1,8 +1,9 @@
 """The whole DAG once on the real ml-1m (../shared/data), one epoch, with MariaDB as the catalog.
 
 The production-like path: the catalog comes from the Airflow connection `recsys_mysql`, the vectors
-go to Milvus Lite. Checks that every task succeeds, the trained model clears the quality gate on
-the real test split, and the live alias answers for a well-known movie.
+go to Milvus Lite. Checks that every task succeeds (the quality gate judges on validation), the
+served rule beats item-kNN and popularity on the real test split, and the live alias answers for a
+well-known movie.
 """
 
 from __future__ import annotations
