@@ -16,6 +16,7 @@ step folders go to a home per size under --work (--from reuses the earlier steps
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -128,7 +129,7 @@ def measure(work: Path, name: str, steps: list[str], first: str, settings: list[
 def table(rows: dict[str, dict[str, dict]], steps: list[str]) -> str:
     sizes = list(rows)
     head = "| step | " + " | ".join(f"{s} CPU-s / wall s / GB" for s in sizes)
-    growth = [f"{a}->{b}" for a, b in zip(sizes, sizes[1:])]
+    growth = [f"{a}->{b}" for a, b in itertools.pairwise(sizes)]
     head += "".join(f" | growth {g} (CPU)" for g in growth) + " |"
     lines = [head, "|" + "---|" * (1 + len(sizes) + len(growth))]
     total = {s: {"cpu_s": 0.0, "wall_s": 0.0, "rss_gb": 0.0} for s in sizes}
@@ -143,9 +144,9 @@ def table(rows: dict[str, dict[str, dict]], steps: list[str]) -> str:
                 total[s] = {"cpu_s": total[s]["cpu_s"] + r["cpu_s"], "wall_s": total[s]["wall_s"] + r["wall_s"],
                             "rss_gb": max(total[s]["rss_gb"], r["rss_gb"])}
         factors = [f"x{rows[b][step]['cpu_s'] / rows[a][step]['cpu_s']:.1f}"
-                   if step in rows[a] and step in rows[b] else "-" for a, b in zip(sizes, sizes[1:])]
+                   if step in rows[a] and step in rows[b] else "-" for a, b in itertools.pairwise(sizes)]
         lines.append(f"| {step} | " + " | ".join(cells + factors) + " |")
-    data = [f"x{rows[b]['_ratings'] / rows[a]['_ratings']:.1f}" for a, b in zip(sizes, sizes[1:])]
+    data = [f"x{rows[b]['_ratings'] / rows[a]['_ratings']:.1f}" for a, b in itertools.pairwise(sizes)]
     lines.append("| **all measured steps** (sum; peak = max) | "
                  + " | ".join(f"{t['cpu_s']:.1f} / {t['wall_s']:.1f} / {t['rss_gb']:.2f}" for t in total.values())
                  + "".join(f" | ratings {d}" for d in data) + " |")
