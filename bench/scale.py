@@ -1,9 +1,11 @@
 """Benchmark: the pipeline's steps on seeded synthetic releases of 1 M, 10 M and 25 M ratings (and 32 M).
 
 Each step runs forced, in its own process (as an Airflow task does), through `pipeline.run_one` on the
-results of the steps before it; the parent reads that process's CPU seconds, wall seconds and peak RSS
-from the kernel (wait4). The table gives them per size, the growth factor from one size to the next
-next to the data's own, and the whole run (the sum of the steps; peak = the largest step).
+results of the steps before it. CPU seconds come from the kernel (wait4), peak RSS from the step's own
+VmHWM (ru_maxrss would count the parent's pages the child had before exec). The table gives them per
+size, the growth factor from one size to the next next to the data's own, and the whole run (the sum
+of the steps; peak = the largest step). Python, GX and DGL imports cost a few CPU-seconds per step
+whatever the size, so growth factors from 1 M understate the data-dependent growth.
 
     nice -n 10 .venv/bin/python bench/scale.py --sizes 1m,10m --until validate_graph
     nice -n 10 .venv/bin/python bench/scale.py --sizes 25m --from preprocess --until validate_graph
@@ -52,27 +54,29 @@ SEED = 0
 
 
 def release(work: Path, name: str) -> Path:
-    """The synthetic release for `name`, written on first use."""
-    sys.path.insert(0, str(REPO))
-    from recsys_tasks.data.synthetic import write_snapshot
-
+    """The synthetic release for `name`, written on first use (in a child process: this one stays small)."""
     size = SIZES[name]
     folder = work / "releases" / f"{name}-{size.fmt}-seed{SEED}"
     if not folder.is_dir():  # written under a temporary name and renamed: present means complete
         start = time.perf_counter()
-        write_snapshot(folder, n_users=size.users, fmt=size.fmt, seed=SEED, n_movies=size.movies,
-                       ratings_per_user=size.per_user)
+        code = (f"from pathlib import Path; from recsys_tasks.data.synthetic import write_snapshot; "
+                f"write_snapshot(Path({str(folder)!r}), n_users={size.users}, fmt={size.fmt!r}, seed={SEED}, "
+                f"n_movies={size.movies}, ratings_per_user={size.per_user})")
+        subprocess.run([sys.executable, "-c", code], check=True, env=_env())
         print(f"# wrote {folder} in {time.perf_counter() - start:.0f} s", flush=True)
     return folder
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
 
 
 def run_child(step: str, home: Path, snapshot: Path, inputs: list[str], settings: list[str]) -> dict:
     """One step in a fresh process; returns its result path and the process's CPU s, wall s, peak RSS."""
     command = [sys.executable, __file__, "--child", step, "--home", str(home), "--snapshot", str(snapshot),
                *[f"--set={s}" for s in settings], *[f"--input={i}" for i in inputs]]
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     start = time.perf_counter()
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, env=env, text=True)
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, env=_env(), text=True)
     out = child.stdout.read()
     _, status, usage = os.wait4(child.pid, 0)
     wall = time.perf_counter() - start
@@ -80,8 +84,8 @@ def run_child(step: str, home: Path, snapshot: Path, inputs: list[str], settings
     if child.returncode != 0:
         raise SystemExit(f"{step} failed (exit {child.returncode}); see its log above")
     result = json.loads(out.strip().splitlines()[-1])
-    return {**result, "cpu_s": usage.ru_utime + usage.ru_stime, "wall_s": wall,
-            "rss_gb": usage.ru_maxrss / 2**20}  # Linux: KiB
+    peak_kib = result.pop("peak_rss_kib")
+    return {**result, "cpu_s": usage.ru_utime + usage.ru_stime, "wall_s": wall, "rss_gb": peak_kib / 2**20}
 
 
 def child(step: str, home: Path, snapshot: Path, inputs: list[str], settings: list[str]) -> None:
@@ -93,13 +97,24 @@ def child(step: str, home: Path, snapshot: Path, inputs: list[str], settings: li
     s = load_settings(home=home, snapshot=str(snapshot), skip_checksum=True, force=True)
     s = s.replace(**{k: _typed(getattr(s, k), v) for k, v in overrides.items()})
     result = pipeline.run_one(s, step, [load_result(p) for p in inputs])
-    print(json.dumps({"path": str(result.path), "counts": result.manifest.get("counts", {})}))
+    status = Path("/proc/self/status").read_text()
+    peak = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))  # KiB
+    print(json.dumps({"path": str(result.path), "counts": result.manifest.get("counts", {}),
+                      "peak_rss_kib": peak}))
 
 
 def _typed(current: object, text: str) -> object:
     if isinstance(current, bool):
         return text.lower() in ("1", "true", "yes", "on")
     return type(current)(text)
+
+
+def saved(work: Path, name: str) -> dict[str, dict]:
+    done_file = work / "homes" / name / "bench-results.json"
+    if not done_file.is_file():
+        raise SystemExit(f"nothing measured for {name} under {work}")
+    results = json.loads(done_file.read_text())
+    return {**results, "_ratings": results["ingest"]["counts"].get("ratings", SIZES[name].ratings)}
 
 
 def measure(work: Path, name: str, steps: list[str], first: str, settings: list[str]) -> dict[str, dict]:
@@ -168,6 +183,8 @@ def main() -> int:
                         help="where the releases and the step folders go (needs ~3 GB per 10 M ratings)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a Settings override for every step, e.g. epochs=1")
+    parser.add_argument("--table-only", action="store_true",
+                        help="print the table of the figures measured earlier under --work; run nothing")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--home", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--snapshot", type=Path, help=argparse.SUPPRESS)
@@ -183,7 +200,10 @@ def main() -> int:
     steps = list(NAMES[: NAMES.index(args.until) + 1])
     if args.first not in steps:
         parser.error(f"--from {args.first} comes after --until {args.until}")
-    rows = {name: measure(args.work, name, steps, args.first, args.set) for name in sizes}
+    if args.table_only:
+        rows = {name: saved(args.work, name) for name in sizes}
+    else:
+        rows = {name: measure(args.work, name, steps, args.first, args.set) for name in sizes}
     print(table(rows, steps))
     return 0
 

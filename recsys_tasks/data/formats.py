@@ -135,8 +135,9 @@ def iter_ratings(release: Release) -> Iterator[pa.Table]:
 def read_parquet(path: Path, columns: list[str] | None = None) -> pa.Table:
     """A Parquet file read a row group at a time: pq.read_table's parallel reads hold ~40% more at peak."""
     with pq.ParquetFile(path) as file:
-        return pa.concat_tables([file.read_row_group(i, columns=columns) for i in range(file.num_row_groups)]) \
-            if file.num_row_groups else file.schema_arrow.empty_table().select(columns or file.schema_arrow.names)
+        if not file.num_row_groups:
+            return file.schema_arrow.empty_table().select(columns or file.schema_arrow.names)
+        return pa.concat_tables([file.read_row_group(i, columns=columns) for i in range(file.num_row_groups)])
 
 
 def parse_year(title: str) -> int | None:
