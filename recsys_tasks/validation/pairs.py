@@ -5,8 +5,9 @@ A pair is packed into one int64 key that sorts as the pair does: (a - a_lo) * b_
 the id ranges allow (every MovieLens release, by far), else the pair of ranks among the distinct ids.
 A null id packs just below its column's smallest value, so pairs with a null compare equal to each
 other (as pandas compares them), and a row whose ids are both null is left out (as GX's compound
-uniqueness leaves it out). Memory: 8 bytes per row per file for the keys, sorted in place; the rows
-are read a chunk at a time, and read again only when a rule fails, to name the failing rows.
+uniqueness leaves it out). Memory: 8 bytes per row per file for the keys, sorted in place (16 while
+two key sets are matched); the rows are read a chunk at a time, and read again only when a rule
+fails, to name the failing rows.
 
 Equal pair sets are first compared in file order, a chunk at a time: build_graph writes its edges in
 the train split's order, so equal files compare equal without keeping a single key. Only when that

@@ -7,7 +7,7 @@ would only repeat that failure (or crash), so they do not run.
 Memory is bounded by the catalog and the users, not the ratings: files that grow with the ratings
 (ratings.parquet, train.parquet, edges.npz, graph.bin's edges) are read a chunk at a time. Row-wise
 rules run as GX expectations on each chunk (runner.run_expectations_chunked); the rules across a whole
-file are numpy (validation/pairs.py: duplicate pairs, equal pair sets, 8 bytes per rating at most) or
+file are numpy (validation/pairs.py: duplicate pairs, equal pair sets; 8-16 bytes per rating) or
 facts gathered per chunk (per-user counts and last ratings, distinct ids, degrees). Small files (movies,
 users, the val/test splits with one row per user, the id maps) are validated whole, as before.
 """
@@ -403,7 +403,7 @@ def _graph_rules(graph: Path, processed: Path, edges: NpzArrays, movie_ids: np.n
 
 
 def _npz(stack: ExitStack, path: Path, names: tuple[str, ...],
-         same_length: tuple[str, ...] = ()) -> tuple[NpzArrays, RuleResult]:
+         same_length: tuple[str, ...] = ()) -> tuple[NpzArrays | None, RuleResult]:
     """The arrays of an .npz file (opened, not loaded), and a schema rule: every name present, node/edge
     indices integers, the `same_length` arrays equally long."""
     try:
