@@ -59,14 +59,10 @@ def measure(call: Callable[[int], object], ids: np.ndarray, requests: int, threa
 
 
 def setup(settings: Settings, movies: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    from recsys_tasks import pipeline
-    from tests.fixtures_stores import make_release, write_processed
+    from tests.fixtures_stores import make_release, ship, write_processed
 
     release = make_release(settings, f"bench-{movies}-{dim}", processed=write_processed(settings, n=movies), dim=dim)
-    loaded = pipeline.load_vectors(settings, release.exported, release.processed)
-    pipeline.load_catalog(settings, release.processed, release.evaluated)
-    pipeline.smoke_test(settings, loaded, release.exported)
-    pipeline.promote(settings, loaded)
+    ship(settings, release)
     return release.ids, release.vectors
 
 

@@ -35,6 +35,7 @@ def _pipeline_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int)
     p.add_argument("--embed-dim", type=int)
     p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
     p.add_argument("--device", choices=DEVICES)
     p.add_argument("--sampler", choices=SAMPLERS)
     p.add_argument("--seed", type=int)
@@ -79,15 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _settings_from(args: argparse.Namespace) -> Settings:
-    keys = ("home", "milvus_uri", "db_url", "snapshot", "skip_checksum", "epochs", "embed_dim", "batch_size",
+    keys = ("home", "milvus_uri", "db_url", "snapshot", "skip_checksum", "epochs", "embed_dim", "batch_size", "lr",
             "device", "sampler", "seed", "force", "run_date")
     settings = load_settings(**{k: getattr(args, k, None) for k in keys})
     if getattr(args, "synthetic", None):
         from recsys_tasks.data.synthetic import write_snapshot
+        from recsys_tasks.locks import FileLocks
 
         folder = settings.home / "synthetic" / f"ml-1m-{args.synthetic}-users-seed{settings.seed}"
-        if not folder.is_dir():
-            write_snapshot(folder, n_users=args.synthetic, fmt="ml-1m", seed=settings.seed)
+        with FileLocks(settings.home / ".locks").hold(f"synthetic:{folder.name}"):  # two runs at once write it once
+            if not folder.is_dir():
+                write_snapshot(folder, n_users=args.synthetic, fmt="ml-1m", seed=settings.seed)
         settings = settings.replace(snapshot=str(folder), skip_checksum=True)
     return settings
 
@@ -122,9 +125,10 @@ def _print_human(command: str, result: dict[str, Any]) -> None:
         if "metrics" in result:
             from recsys_tasks.model.metrics import METRIC_KEYS
 
-            print(f"{'method':<22}" + "".join(f"{k:>11}" for k in METRIC_KEYS))
-            for method, m in result["metrics"].items():
-                print(f"{method:<22}" + "".join(f"{m[k]:>11.4f}" for k in METRIC_KEYS))
+            print(f"{'split':<6}{'method':<18}" + "".join(f"{k:>11}" for k in METRIC_KEYS))
+            for split, methods in result["metrics"].items():  # val chooses, test is reported
+                for method, m in methods.items():
+                    print(f"{split:<6}{method:<18}" + "".join(f"{m[k]:>11.4f}" for k in METRIC_KEYS))
     elif "items" in result:
         print(f"model {result.get('model_version')}")
         for i, item in enumerate(result["items"], 1):

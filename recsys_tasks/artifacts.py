@@ -227,7 +227,7 @@ def run_step(root: Path, step: str, *, inputs: dict[str, Any], params: dict[str,
             log.info("%s: the failed verdict for key %s stands (%s); force re-runs it", step, key, failed)
             raise GateFailure(verdict["message"], rule=verdict.get("rule"), file=verdict.get("file"),
                               report=verdict.get("report") and Path(verdict["report"]))
-        for stale in step_dir.glob(f".tmp-{key}-*"):  # left by a killed builder of this key
+        for stale in [*step_dir.glob(f".tmp-{key}-*"), *step_dir.glob(f".old-{key}-*")]:  # a killed builder's
             shutil.rmtree(stale, ignore_errors=True)
         return _build(step_dir, step, key, inputs, params, build)
 
@@ -255,7 +255,7 @@ def _build(step_dir: Path, step: str, key: str, inputs: dict[str, Any], params: 
         facts = build(tmp) or {}
     except InputError as exc:
         if isinstance(exc, GateFailure):
-            write_json(tmp / FAILURE, {"message": str(exc), "rule": exc.rule,
+            write_json(tmp / FAILURE, {"message": exc.message, "rule": exc.rule,
                                        "file": exc.file and str(exc.file), "report": exc.report and str(exc.report)})
         _replace_dir(tmp, step_dir / f"{key}.failed")  # keep the reports for the person reading them
         raise

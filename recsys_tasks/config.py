@@ -46,6 +46,9 @@ class Settings:
     quality_margin: float = 0.02
     force: bool = False
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "home", Path(self.home))  # a str from a caller or a DAG param is fine too
+
     @property
     def artifacts(self) -> Path:
         return self.home / "artifacts"

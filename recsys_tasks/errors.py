@@ -13,7 +13,7 @@ class InputError(Exception):
         parts = [str(p) for p in (file and f"file {file}", row is not None and f"row {row}",
                                   rule and f"rule {rule}") if p]
         super().__init__(f"{message} ({', '.join(parts)})" if parts else message)
-        self.file, self.row, self.rule = file, row, rule
+        self.message, self.file, self.row, self.rule = message, file, row, rule
 
 
 class GateFailure(InputError):

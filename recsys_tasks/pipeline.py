@@ -99,10 +99,11 @@ def load_catalog(s: Settings, processed: StepResult, evaluated: StepResult) -> S
     return step(s, processed, evaluated)
 
 
-def smoke_test(s: Settings, loaded: StepResult, exported: StepResult) -> StepResult:
+def smoke_test(s: Settings, loaded: StepResult, exported: StepResult, processed: StepResult,
+               graph: StepResult) -> StepResult:
     from recsys_tasks.release.smoke import smoke_test as step
 
-    return step(s, loaded, exported)
+    return step(s, loaded, exported, processed, graph)
 
 
 def promote(s: Settings, gated: StepResult, loaded: StepResult) -> StepResult:
@@ -134,7 +135,8 @@ STEPS: tuple[Step, ...] = (
     Step("validate_embeddings", "model", "gate", ("export_embeddings", "preprocess"), validate_embeddings),
     Step("load_vectors", "release", "io", ("export_embeddings", "preprocess"), load_vectors),
     Step("load_catalog", "release", "io", ("preprocess", "evaluate"), load_catalog),
-    Step("smoke_test", "release", "gate", ("load_vectors", "export_embeddings"), smoke_test),
+    Step("smoke_test", "release", "gate", ("load_vectors", "export_embeddings", "preprocess", "build_graph"),
+         smoke_test),
     Step("promote", "release", "io", ("quality_gate", "load_vectors"), promote),
 )
 NAMES: tuple[str, ...] = tuple(s.name for s in STEPS)

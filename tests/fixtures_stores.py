@@ -160,6 +160,7 @@ class Release:
 
     version: str
     processed: StepResult
+    graph: StepResult
     evaluated: StepResult
     exported: StepResult
     ids: np.ndarray
@@ -176,9 +177,40 @@ def movie_ids(n: int) -> np.ndarray:
     return np.sort(np.random.default_rng(7).choice(np.arange(1, 4 * n), size=n, replace=False)).astype(np.int64)
 
 
+TRUTH_DIM = 16
+USERS = 60
+
+
+def truth_vectors(ids: np.ndarray) -> np.ndarray:
+    """The movie vectors the fixture users' tastes follow (a model with these vectors is the best one)."""
+    vectors = np.random.default_rng(5).normal(size=(ids.size, TRUTH_DIM)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def _interactions(ids: np.ndarray, newest: int) -> dict[str, pa.Table]:
+    """train/val/test of USERS users: one train movie each, then its nearest movie under the truth
+    vectors (val), then that one's nearest (test). So a model serving the truth vectors hits every
+    validation target, and random vectors almost none."""
+    truth = truth_vectors(ids)
+    rows: dict[str, list[tuple[int, int, int]]] = {"train": [], "val": [], "test": []}
+    for user in range(1, USERS + 1):
+        seen = [int((user * 7) % ids.size)]
+        for split in ("val", "test"):
+            scores = truth @ truth[seen[-1]]
+            scores[seen] = -np.inf
+            seen.append(int(np.argmax(scores)))
+        for split, movie, ts in zip(("train", "val", "test"), seen, (newest - 300, newest - 200, newest - user)):
+            rows[split].append((user, int(ids[movie]), ts))
+    return {split: pa.table({"user_id": pa.array([r[0] for r in r_], pa.int64()),
+                             "movie_id": pa.array([r[1] for r in r_], pa.int64()),
+                             "rating": pa.array([4.0] * len(r_), pa.float32()),
+                             "timestamp": pa.array([r[2] for r in r_], pa.int64())}) for split, r_ in rows.items()}
+
+
 def write_processed(settings: Settings, n: int = 300, tag: str = "catalog", newest: int = 1_000_000_000,
                     titles: dict[int, str] | None = None) -> StepResult:
-    """A preprocess folder with `n` movies (titles by row index overridable) from a snapshot `tag`."""
+    """A preprocess folder with `n` movies (titles by row index overridable) and USERS users' splits, from
+    a snapshot `tag` whose newest rating is `newest`."""
     ids = movie_ids(n)
     rng = np.random.default_rng(11)
 
@@ -196,27 +228,48 @@ def write_processed(settings: Settings, n: int = 300, tag: str = "catalog", newe
         })
         pq.write_table(table, tmp / "movies.parquet")
         write_json(tmp / "vocab.json", {"genres": GENRES, "tokens": ["<pad>", "<unk>", "movie"]})
+        for split, frame in _interactions(ids, newest).items():
+            pq.write_table(frame, tmp / f"{split}.parquet")
         return {"counts": {"movies": n}, "snapshot_id": f"snapshot-{tag}", "newest_rating_ts": newest}
 
     return run_step(settings.artifacts, "preprocess", inputs={"ingest": f"snapshot-{tag}"},
                     params={"n": n, "newest": newest, "titles": titles or {}}, build=build)
 
 
+def write_graph(settings: Settings, processed: StepResult) -> StepResult:
+    """The build_graph folder's id map (what evaluation's score_vectors reads)."""
+    def build(tmp: Path) -> dict:
+        movies = pq.read_table(processed.out("movies.parquet"), columns=["movie_id"])["movie_id"].to_numpy()
+        np.savez(tmp / "id_map.npz", movie_ids=np.sort(movies).astype(np.int64),
+                 user_ids=np.arange(1, USERS + 1, dtype=np.int64))
+        return {"counts": {"movies": int(movies.size)}}
+
+    return run_step(settings.artifacts, "build_graph", inputs={"preprocess": processed.key}, params={}, build=build)
+
+
+def _metrics(hr: float, baselines: tuple[float, float]) -> dict:
+    return {m: {"hr@10": v, "hr@20": v * 1.5, "ndcg@10": v / 2, "ndcg@20": v / 1.8, "recall@10": v,
+                "recall@20": v * 1.5, "mrr": v / 3, "users": USERS}
+            for m, v in (("pinsage_history", hr), ("pinsage_latest", hr * 0.9), ("popularity", baselines[0]),
+                         ("itemknn", baselines[1]), ("transitions", baselines[0]))}
+
+
 def make_release(settings: Settings, tag: str, *, processed: StepResult | None = None, dim: int = 16,
                  hr: float = 0.10, baselines: tuple[float, float] = (0.04, 0.05), extra_ids: int = 0,
-                 rule: dict | None = None) -> Release:
-    """A model version `tag`: normalised random vectors for the catalog's movies (+ `extra_ids` unknown)."""
+                 rule: dict | None = None, truth: bool = False) -> Release:
+    """A model version `tag` with validation hr@10 `hr` (test a little lower): normalised random vectors
+    for the catalog's movies (+ `extra_ids` unknown ones), or with `truth` the users' own taste vectors."""
     processed = processed or write_processed(settings)
     ids = pq.read_table(processed.out("movies.parquet"), columns=["movie_id"])["movie_id"].to_numpy()
     ids = np.concatenate([ids, 10_000_000 + np.arange(extra_ids)]).astype(np.int64)
     rng = np.random.default_rng(int(fingerprint(tag)[:8], 16))
     vectors = rng.normal(size=(ids.size, dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    if truth:
+        vectors = truth_vectors(ids)
     version = "v" + fingerprint(tag)[:12]
     rule = rule or {"name": "history", "half_life": 2.0, "max_items": 50}
-    metrics = {m: {"hr@10": v, "ndcg@10": v / 2, "recall@20": v * 1.5, "mrr": v / 3, "users": 100}
-               for m, v in (("pinsage_history", hr), ("pinsage_latest", hr * 0.9), ("popularity", baselines[0]),
-                            ("itemknn", baselines[1]), ("transitions", baselines[0]))}
+    metrics = {"val": _metrics(hr, baselines), "test": _metrics(hr * 0.9, baselines)}
 
     def train(tmp: Path) -> dict:
         write_json(tmp / "rule.json", rule)
@@ -224,7 +277,8 @@ def make_release(settings: Settings, tag: str, *, processed: StepResult | None =
 
     def evaluate(tmp: Path) -> dict:
         write_json(tmp / "metrics.json", metrics)
-        return {"model_version": version, "metrics": metrics}
+        return {"model_version": version, "served": "pinsage_history",
+                "baselines": ["popularity", "itemknn", "transitions"], "metrics": metrics}
 
     def export(tmp: Path) -> dict:
         vec = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel(), pa.float32()), dim)
@@ -238,13 +292,13 @@ def make_release(settings: Settings, tag: str, *, processed: StepResult | None =
                          params={"hr": hr, "baselines": list(baselines)}, build=evaluate)
     exported = run_step(settings.artifacts, "export_embeddings", inputs={"train": trained.key},
                         params={"dim": dim, "extra": extra_ids}, build=export)
-    return Release(version, processed, evaluated, exported, ids, vectors, rule)
+    return Release(version, processed, write_graph(settings, processed), evaluated, exported, ids, vectors, rule)
 
 
 def gate(settings: Settings, release: Release) -> StepResult:
     from recsys_tasks import pipeline
 
-    return pipeline.quality_gate(settings, release.processed, release.processed, release.evaluated)
+    return pipeline.quality_gate(settings, release.processed, release.graph, release.evaluated)
 
 
 def ship(settings: Settings, release: Release) -> dict[str, StepResult]:
@@ -254,6 +308,7 @@ def ship(settings: Settings, release: Release) -> dict[str, StepResult]:
     out = {"quality_gate": gate(settings, release)}
     out["load_vectors"] = pipeline.load_vectors(settings, release.exported, release.processed)
     out["load_catalog"] = pipeline.load_catalog(settings, release.processed, release.evaluated)
-    out["smoke_test"] = pipeline.smoke_test(settings, out["load_vectors"], release.exported)
+    out["smoke_test"] = pipeline.smoke_test(settings, out["load_vectors"], release.exported, release.processed,
+                                            release.graph)
     out["promote"] = pipeline.promote(settings, out["quality_gate"], out["load_vectors"])
     return out

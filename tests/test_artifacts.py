@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
-from recsys_tasks.artifacts import load_result, read_json, run_step, tree_fingerprint
-from recsys_tasks.errors import InputError
+from recsys_tasks.artifacts import load_result, read_json, run_step, step_key, tree_fingerprint
+from recsys_tasks.errors import GateFailure, InputError
 
 
 def _writer(calls: list[int], text: str = "hello"):
@@ -69,3 +70,79 @@ def test_crash_leaves_no_partial_folder(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):
         run_step(tmp_path, "demo", inputs={}, params={}, build=crash)
     assert list((tmp_path / "demo").iterdir()) == []
+
+
+def _slow_build(root: str, marker: str) -> str:
+    """Run in another process: build step `slow` (recording each build in `marker`), return skipped-or-not."""
+    def build(tmp: Path) -> dict:
+        with open(marker, "a") as fh:
+            fh.write("built\n")
+        time.sleep(1.5)  # long enough for the other process to find the lock held
+        (tmp / "out.txt").write_text("x")
+        return {}
+
+    return str(run_step(Path(root), "slow", inputs={"a": 1}, params={}, build=build).skipped)
+
+
+def test_two_processes_build_a_key_once_the_other_waits_and_skips(tmp_path: Path) -> None:
+    import multiprocessing
+
+    marker = tmp_path / "builds.txt"
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        skipped = sorted(pool.starmap(_slow_build, [(str(tmp_path), str(marker))] * 2))
+    assert skipped == ["False", "True"] and marker.read_text() == "built\n"
+
+
+def test_a_killed_builders_leftovers_are_removed(tmp_path: Path) -> None:
+    def build(tmp: Path) -> dict:
+        (tmp / "out.txt").write_text("x")
+        return {}
+
+    key = step_key("s", {"a": 1}, {}, module=__name__)
+    (tmp_path / "s" / f".tmp-{key}-deadbeef").mkdir(parents=True)
+    (tmp_path / "s" / f".old-{key}-deadbeef").mkdir()
+    (tmp_path / "s" / ".tmp-otherkey-deadbeef").mkdir()  # another key's builder may be alive: left alone
+    run_step(tmp_path, "s", inputs={"a": 1}, params={}, build=build)
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [".tmp-otherkey-deadbeef", key]
+
+
+def test_a_failed_gates_verdict_stands_until_forced(tmp_path: Path) -> None:
+    calls = []
+
+    def gate(tmp: Path) -> dict:
+        calls.append(1)
+        raise GateFailure("too few rows", rule="min_rows", file="x.parquet")
+
+    for _ in range(2):
+        with pytest.raises(GateFailure) as failure:
+            run_step(tmp_path, "g", inputs={}, params={}, build=gate)
+        assert failure.value.rule == "min_rows" and str(failure.value) == "too few rows (file x.parquet, rule min_rows)"
+    assert len(calls) == 1
+    with pytest.raises(GateFailure):
+        run_step(tmp_path, "g", inputs={}, params={}, build=gate, force=True)
+    assert len(calls) == 2
+
+
+def test_a_step_key_follows_the_code_it_imports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from recsys_tasks import artifacts
+
+    train = artifacts.module_fingerprint("recsys_tasks.model.train")
+    assert train == artifacts.module_fingerprint("recsys_tasks.model.train")
+    copy = tmp_path / "recsys_tasks"
+    shutil.copytree(Path(artifacts.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(artifacts, "_PACKAGE_ROOT", copy)
+
+    def fingerprint_after(edit: str, text: str) -> str:
+        path = copy / edit
+        path.write_text(path.read_text() + text)
+        artifacts.module_fingerprint.cache_clear()
+        return artifacts.module_fingerprint("recsys_tasks.model.train")
+
+    assert fingerprint_after("model/train.py", "\n# a comment\n") == train  # comments are not code
+    assert fingerprint_after("serving/api.py", "\nX = 1\n") == train
+    assert fingerprint_after("release/gate.py", "\nX = 1\n") == train
+    assert fingerprint_after("config.py", "\nX = 1\n") == train  # plumbing: settings reach keys as params
+    assert fingerprint_after("graph/sampler.py", "\nX = 1\n") != train
+    artifacts.module_fingerprint.cache_clear()

@@ -17,15 +17,15 @@ def _last_json(capsys: pytest.CaptureFixture[str]) -> dict:
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
-def test_run_until_evaluate_prints_test_metrics_then_skips(tmp_path: Path,
+def test_run_until_evaluate_prints_val_and_test_metrics_then_skips(tmp_path: Path,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     args = ["run", "--synthetic", "120", "--until", "evaluate", "--epochs", "1", "--embed-dim", "16",
             "--device", "cpu", "--home", str(tmp_path), "--json"]
     assert main(args) == 0
     out = _last_json(capsys)
     assert out["ok"] and list(out["steps"]) == list(STEPS[:STEPS.index("evaluate") + 1])
-    assert set(out["metrics"]) == METHODS
-    assert all(0 <= m["hr@10"] <= 1 and m["users"] == 120 for m in out["metrics"].values())
+    assert set(out["metrics"]) == {"val", "test"} and all(set(m) == METHODS for m in out["metrics"].values())
+    assert all(0 <= m["hr@10"] <= 1 and m["users"] == 120 for split in out["metrics"].values() for m in split.values())
     assert out["model_version"].startswith("v") and len(out["snapshot_id"]) == 16
 
     assert main(args) == 0

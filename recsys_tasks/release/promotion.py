@@ -16,10 +16,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from recsys_tasks.artifacts import StepResult, run_step, write_json
+from recsys_tasks.artifacts import StepResult, load_result, read_json, run_step, write_json
 from recsys_tasks.config import Settings
 from recsys_tasks.errors import GateFailure, InputError
 from recsys_tasks.logs import get_logger
+from recsys_tasks.release.gate import judge, rejection
 from recsys_tasks.release.registry import Registry, recency
 from recsys_tasks.stores.catalog import Catalog
 from recsys_tasks.stores.milvus import VectorStore, collection_name, version_of
@@ -106,6 +107,23 @@ def _day(row: dict[str, Any]) -> str:
     return f"{row['run_date']:%Y-%m-%d}" if row.get("run_date") else "unknown"
 
 
+def rejudged(settings: Settings, release: Release, gated: StepResult) -> str | None:
+    """If another model went live after the quality gate judged this one, judge it again against that
+    one (under the promotion lock); the reason it lost, or None."""
+    decision = read_json(gated.out("decision.json"))
+    live = release.registry.active()
+    if live is None or live["version"] == (decision.get("champion") or {}).get("version"):
+        return None
+    inputs = gated.manifest["inputs"]
+    processed, graph, evaluated = (load_result(settings.artifacts / step / inputs[step])
+                                   for step in ("preprocess", "build_graph", "evaluate"))
+    again = judge(settings, processed, graph, evaluated, release.registry)
+    if again["passed"]:
+        return None
+    release.registry.reject(str(decision["model_version"]), rejection(again), "quality_gate")
+    return rejection(again)
+
+
 def promote(settings: Settings, gated: StepResult, loaded: StepResult) -> StepResult:
     """Serve the candidate if the promotion rules allow it. `moved` in the result says whether the alias
     switched in this run (what the DAG's live-model Asset event follows)."""
@@ -133,6 +151,8 @@ def promote(settings: Settings, gated: StepResult, loaded: StepResult) -> StepRe
                     if row["status"] == "candidate":
                         release.registry.note(version, held)
                 else:
+                    held = rejudged(settings, release, gated)
+                if not held:
                     previous = release.serve(version, "promote", reason=f"replaced by {version}")
                     moved, dropped = True, release.retain(settings.keep_versions)
         outcome = {"live": release.live_version(), "moved": moved, "previous": previous, "held_back": held,

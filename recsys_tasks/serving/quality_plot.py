@@ -35,7 +35,7 @@ def quality_history(settings: Settings) -> list[dict[str, Any]]:
     {"version", "status", "created_at", "hr@10": {method: value or None for METHODS}}."""
     rows = []
     for row in Catalog.from_settings(settings).versions():
-        hr = {m: _hr10(row["metrics"] or {}, m) for m in METHODS}
+        hr = {m: _hr10((row["metrics"] or {}).get("test") or {}, m) for m in METHODS}
         if any(v is not None for v in hr.values()):
             rows.append({"version": row["version"], "status": row["status"], "created_at": row["created_at"],
                          "hr@10": hr})

@@ -92,15 +92,19 @@ def history_in(model: Served, movie_ids: Sequence[int], k: int) -> dict[str, Any
     if not 1 <= len(movie_ids) <= MAX_HISTORY:
         raise InputError(f"history must hold 1 to {MAX_HISTORY} movie ids, got {len(movie_ids)}",
                          rule="history length")
+    return _result(model, search_history(model, movie_ids, k))
+
+
+def search_history(model: Served, movie_ids: Sequence[int], k: int) -> list[Hit]:
+    """The served path: the model's rule over the history's vectors, one vector search, the history excluded."""
     found = model.store.vectors(model.collection, set(movie_ids))
     missing = [m for m in dict.fromkeys(movie_ids) if m not in found]
     if missing:
         raise NotFound(f"movies {missing[:10]} are not in model {model.version}", rule="known movie id")
     query = history_query(np.stack([found[m] for m in movie_ids]), model.rule)
     seen = set(movie_ids)
-    hits = [h for h in model.store.search(model.collection, query[None, :], k + len(seen))[0]
-            if h.movie_id not in seen]
-    return _result(model, hits[:k])
+    return [h for h in model.store.search(model.collection, query[None, :], k + len(seen))[0]
+            if h.movie_id not in seen][:k]
 
 
 def recommend_similar(settings: Settings, movie_id: int, k: int) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Ranking metrics against hand-computed examples: exclusion of seen movies, pessimistic ties, cut-offs."""
+"""Ranking metrics against hand-computed examples: exclusion of seen movies, pessimistic ties, cut-offs, misses."""
 
 from __future__ import annotations
 
@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from recsys_tasks.model.metrics import evaluate_scorer, metrics_from_ranks, target_ranks
+from recsys_tasks.model.metrics import (
+    METRIC_KEYS,
+    evaluate_scorer,
+    metrics_from_ranks,
+    ranks_excluding,
+    target_ranks,
+)
 
 
 def seen_matrix(rows: list[list[int]], n_items: int) -> sp.csr_matrix:
@@ -23,10 +29,12 @@ def test_one_user_five_items_by_hand() -> None:
     ranks = target_ranks(scores, np.array([4]), seen_matrix([[0]], 5))
     assert ranks.tolist() == [3]
     m = metrics_from_ranks(ranks)
-    assert m == pytest.approx({"hr@10": 1.0, "ndcg@10": 1 / math.log2(4), "recall@20": 1.0, "mrr": 1 / 3,
-                               "users": 1})
+    assert m == pytest.approx({"hr@10": 1.0, "hr@20": 1.0, "ndcg@10": 1 / math.log2(4), "ndcg@20": 1 / math.log2(4),
+                               "recall@10": 1.0, "recall@20": 1.0, "mrr": 1 / 3, "users": 1})
+    assert list(m) == [*METRIC_KEYS, "users"]
     # Without the exclusion the seen movie would count: rank 4.
     assert target_ranks(scores, np.array([4]), seen_matrix([[]], 5)).tolist() == [4]
+    assert scores[0, 0] == 0.9  # the caller's scores are not masked in place
 
 
 def test_ties_are_pessimistic() -> None:
@@ -39,11 +47,22 @@ def test_ties_are_pessimistic() -> None:
 
 def test_cut_offs_at_10_and_20() -> None:
     m = metrics_from_ranks(np.array([1, 10, 11, 20, 21]))
-    assert m["hr@10"] == pytest.approx(2 / 5)
-    assert m["recall@20"] == pytest.approx(4 / 5)
+    assert m["hr@10"] == m["recall@10"] == pytest.approx(2 / 5)
+    assert m["hr@20"] == m["recall@20"] == pytest.approx(4 / 5)
     assert m["ndcg@10"] == pytest.approx((1.0 + 1 / math.log2(11)) / 5)
+    assert m["ndcg@20"] == pytest.approx((1.0 + 1 / math.log2(11) + 1 / math.log2(12) + 1 / math.log2(21)) / 5)
     assert m["mrr"] == pytest.approx((1 + 1 / 10 + 1 / 11 + 1 / 20 + 1 / 21) / 5)
     assert m["users"] == 5
+
+
+def test_unrecommendable_movies_never_rank_and_such_a_target_is_a_miss() -> None:
+    scores = np.array([[0.2, 0.9, 0.1, 0.5], [0.2, 0.9, 0.1, 0.5]])
+    ok = np.array([True, False, True, True])  # movie 1 cannot be recommended
+    # Row 0: target 0 would be beaten by 1 and 3; 1 is out -> rank 2. Row 1: target 1 itself is out: inf.
+    ranks = ranks_excluding(scores, np.array([0, 1]), np.array([], int), np.array([], int), ok)
+    assert ranks.tolist() == [2, math.inf]
+    m = metrics_from_ranks(ranks)
+    assert m["hr@10"] == 0.5 and m["mrr"] == pytest.approx(0.25) and m["ndcg@20"] == pytest.approx(0.5 / math.log2(3))
 
 
 def test_a_seen_or_nan_target_is_refused() -> None:
@@ -51,6 +70,8 @@ def test_a_seen_or_nan_target_is_refused() -> None:
         target_ranks(np.ones((1, 3)), np.array([1]), seen_matrix([[1]], 3))
     with pytest.raises(ValueError, match="NaN"):
         target_ranks(np.array([[1.0, np.nan, 0.0]]), np.array([1]), seen_matrix([[]], 3))
+    with pytest.raises(ValueError, match="NaN"):  # a NaN on another movie too
+        target_ranks(np.array([[0.1, np.nan, 0.3]]), np.array([0]), seen_matrix([[]], 3))
     with pytest.raises(ValueError, match="no users"):
         metrics_from_ranks(np.array([]))
 
@@ -65,9 +86,3 @@ def test_evaluate_scorer_batches_and_row_mapping() -> None:
     for batch in (1, 2, 5):
         got = evaluate_scorer(lambda rows: table[rows], users, targets, seen, batch_size=batch)
         assert got == pytest.approx(expected)
-
-
-
-def test_a_nan_on_another_movie_is_refused_too() -> None:
-    with pytest.raises(ValueError, match="NaN"):
-        target_ranks(np.array([[0.1, np.nan, 0.3]]), np.array([0]), seen_matrix([[]], 3))

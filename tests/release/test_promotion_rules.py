@@ -8,7 +8,7 @@ import pytest
 
 from recsys_tasks import pipeline
 from recsys_tasks.config import Settings
-from recsys_tasks.errors import InputError
+from recsys_tasks.errors import GateFailure, InputError
 from recsys_tasks.release import smoke
 from recsys_tasks.release.promotion import Release, moved, rollback, status
 from recsys_tasks.release.registry import Registry
@@ -185,3 +185,26 @@ def test_the_smoke_test_asks_again_before_it_rejects(stores: Settings, monkeypat
     steps = ship(stores, v1)
     assert len(calls) == 2 and moved(steps["promote"])
     assert Registry(Catalog.from_settings(stores)).get(v1.version)["status"] == "active"
+
+
+def test_the_smoke_test_evaluates_the_served_path(stores: Settings) -> None:
+    good = make_release(stores, "good", truth=True)
+    path = ship(stores, good)["smoke_test"].manifest["served_path"]
+    assert path["users"] == 60 and path["recall@10"] >= smoke.MIN_RECALL
+    assert path["served_hr@10"] == path["exact_hr@10"] > 0.5  # the truth vectors find most test movies
+
+    drifted = make_release(stores, "drifted", processed=good.processed, hr=0.95)
+    loaded = pipeline.load_vectors(stores, drifted.exported, drifted.processed)
+    store = VectorStore.from_settings(stores)
+    name = collection_name(drifted.version)
+    # the store now answers with other vectors for most movies than the ones evaluated (a botched reload)
+    rows = [{"movie_id": int(m), "vector": (-v).tolist(), "year": None, "genre_mask": 0}
+            for m, v in zip(drifted.ids[20:], drifted.vectors[20:])]
+    store.client.upsert(name, rows)
+    store.client.flush(name)
+    pipeline.load_catalog(stores, drifted.processed, drifted.evaluated)
+    with pytest.raises(GateFailure) as failure:
+        pipeline.smoke_test(stores, loaded, drifted.exported, drifted.processed, drifted.graph)
+    assert failure.value.rule == "smoke_test" and "recall@10" in str(failure.value)
+    assert Registry(Catalog.from_settings(stores)).get(drifted.version)["status"] == "rejected"
+    assert status(stores)["live"]["model_version"] == good.version

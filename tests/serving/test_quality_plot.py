@@ -33,7 +33,7 @@ def _registry(catalog: Catalog) -> None:
     registry = Registry(catalog)
     for version, hr in (("v3", 0.12), ("v2", 0.08), ("v1", 0.10), ("v0", None)):
         registry.register(version, snapshot_id="s", catalog_id="c", data_ts=1, run_date=date(2026, 11, 1),
-                          metrics=_metrics(hr) if hr else {}, rule={"name": "history"})
+                          metrics={"val": _metrics(hr), "test": _metrics(hr)} if hr else {}, rule={"name": "history"})
     registry.reject("v2", "worse than live", "quality_gate")
     registry.activate("v1", "promote", "first")
     registry.activate("v3", "promote", "replaced by v3")

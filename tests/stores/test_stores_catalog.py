@@ -99,7 +99,18 @@ def test_record_run_upserts_per_run_and_step(stores: Settings) -> None:
 @pytest.mark.parametrize("stores", ENGINES, indirect=True)
 def test_a_schema_1_catalog_is_migrated_in_place(stores: Settings) -> None:
     """A database written by the first release (one unversioned movies table) keeps serving its model."""
-    from sqlalchemy import JSON, BigInteger, Column, DateTime, Integer, MetaData, String, Table, Text, create_engine
+    from sqlalchemy import (
+        JSON,
+        BigInteger,
+        Column,
+        DateTime,
+        Integer,
+        MetaData,
+        String,
+        Table,
+        Text,
+        create_engine,
+    )
 
     old = MetaData()
     Table("schema_version", old, Column("version", Integer, primary_key=True), Column("applied_at", DateTime))

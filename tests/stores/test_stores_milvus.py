@@ -68,7 +68,7 @@ def test_load_catalog_is_idempotent_and_registers_the_candidate(stores: Settings
     catalog = Catalog.from_settings(stores)
     row = catalog.version(release.version)
     assert row["status"] == "candidate" and row["snapshot_id"] == "snapshot-catalog"
-    assert row["rule"] == release.rule and row["metrics"]["pinsage_history"]["hr@10"] == 0.10
+    assert row["rule"] == release.rule and row["metrics"]["val"]["pinsage_history"]["hr@10"] == 0.10
     assert row["catalog_id"] == first.manifest["catalog_id"] and row["data_ts"] == 1_000_000_000
     assert first.manifest["counts"] == {"movies": 300, "written": 300}
     state = (catalog.movies_by_id(release.ids.tolist(), row["catalog_id"]), catalog.versions())

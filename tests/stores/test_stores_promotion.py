@@ -52,7 +52,7 @@ def test_promotion_switches_the_alias_and_rollback_returns(stores: Settings) -> 
 
     st = status(stores)
     assert st["live"]["model_version"] == v2.version and st["live"]["snapshot_id"] == "snapshot-catalog"
-    assert st["live"]["metrics"]["pinsage_history"]["hr@10"] == 0.11
+    assert st["live"]["metrics"]["val"]["pinsage_history"]["hr@10"] == 0.11
     assert {c["model_version"]: c["status"] for c in st["collections"]} == {v1.version: "retired",
                                                                             v2.version: "active"}
     assert st["counts"]["movies"] == 300 and st["counts"]["vectors"] == 300
@@ -86,29 +86,52 @@ def test_failed_smoke_test_keeps_the_live_model(stores: Settings) -> None:
     assert _live(stores) == collection_name(v1.version)
 
 
-def test_quality_gate_rejects_a_worse_candidate(stores: Settings) -> None:
-    v1 = make_release(stores, "one", hr=0.10)
+def test_quality_gate_judges_on_validation_against_baselines_and_the_live_model(stores: Settings) -> None:
+    v1 = make_release(stores, "one", hr=0.9, truth=True)  # the live model follows the users' tastes exactly
     ship(stores, v1)
-    worse = make_release(stores, "worse", processed=v1.processed, hr=0.07)
+    worse = make_release(stores, "worse", processed=v1.processed, hr=0.5)
     with pytest.raises(GateFailure) as failure:
         gate(stores, worse)
-    assert failure.value.rule == "no_regression" and "0.0700" in str(failure.value) and "0.1000" in str(failure.value)
+    # the live model scored on the candidate's own validation split hits every target: hr@10 1.0
+    assert failure.value.rule == "no_regression" and "0.5000" in str(failure.value) and "1.0000" in str(failure.value)
     decision = json.loads(Path(failure.value.report).read_text())
-    assert decision["passed"] is False and decision["active_version"] == v1.version
+    assert decision["passed"] is False and decision["split"] == "val"
+    assert decision["champion"]["version"] == v1.version and decision["champion"]["hr@10"] == 1.0
     catalog = Catalog.from_settings(stores)
     row = catalog.version(worse.version)
     assert row["status"] == "rejected" and "no_regression" in row["reason"]
-    assert row["metrics"]["pinsage_history"]["hr@10"] == 0.07
+    assert row["metrics"]["val"]["pinsage_history"]["hr@10"] == 0.5
     assert _live(stores) == collection_name(v1.version) and Registry(catalog).active()["version"] == v1.version
+    with pytest.raises(GateFailure) as again:  # the verdict stands: not judged again, the same failure
+        gate(stores, worse)
+    assert str(again.value) == str(failure.value)
 
     weak = make_release(stores, "weak", processed=v1.processed, hr=0.045, baselines=(0.04, 0.05))
     with pytest.raises(GateFailure) as failure:
         gate(stores, weak)
     assert failure.value.rule == "beats_baselines" and "itemknn" in str(failure.value)
 
-    close = make_release(stores, "close", processed=v1.processed, hr=0.085)  # within the 0.02 margin
+    close = make_release(stores, "close", processed=v1.processed, hr=0.985)  # within the 0.02 margin
     passed = gate(stores, close)
     assert passed.manifest["decision"]["passed"] and catalog.version(close.version)["status"] == "candidate"
+    # test figures are recorded, never used: a candidate with a worse test than validation still passes
+    assert passed.manifest["decision"]["test_hr@10"]["pinsage_history"] < 0.985
+
+
+def test_a_candidate_is_judged_again_when_the_live_model_changed_since_its_gate(stores: Settings) -> None:
+    base = make_release(stores, "base", hr=0.2)
+    ship(stores, base)
+    weaker = make_release(stores, "weaker", processed=base.processed, hr=0.5)
+    judged = gate(stores, weaker)  # judged against `base` (random vectors): it passes
+    assert judged.manifest["decision"]["champion"]["version"] == base.version
+    strong = make_release(stores, "strong", processed=base.processed, hr=0.9, truth=True)
+    assert ship(stores, strong)["promote"].manifest["moved"]  # another run promotes a better model meanwhile
+    loaded = pipeline.load_vectors(stores, weaker.exported, weaker.processed)
+    pipeline.load_catalog(stores, weaker.processed, weaker.evaluated)
+    promoted = pipeline.promote(stores, judged, loaded)
+    assert not promoted.manifest["moved"] and "no_regression" in promoted.manifest["held_back"]
+    assert _live(stores) == collection_name(strong.version)
+    assert Catalog.from_settings(stores).version(weaker.version)["status"] == "rejected"
 
 
 def test_retention_keeps_the_last_versions_and_drops_the_rest(stores: Settings) -> None:
