@@ -97,7 +97,7 @@ def movie_features(folder: Path, movies: pd.DataFrame) -> tuple[np.ndarray, np.n
     """year (0 = unknown), genre multi-hot, title token ids padded with 0 to MAX_TITLE_TOKENS."""
     vocab = json.loads((folder / "vocab.json").read_text())
     n = len(movies)
-    year = movies["year"].fillna(0).to_numpy(np.int32)
+    year = movies["year"].fillna(0).to_numpy(np.int32, copy=True)  # writable: torch shares it
     genres = np.zeros((n, max(len(vocab["genres"]), 1)), dtype=np.float32)
     tokens = np.zeros((n, MAX_TITLE_TOKENS), dtype=np.int64)
     for i, (gids, tids) in enumerate(zip(movies["genre_ids"], movies["title_tokens"])):
