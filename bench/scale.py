@@ -43,8 +43,10 @@ class Size:
 
 
 # The releases: 10 M in the ml-10m layout (70k users, 10k movies), 25 M in the csv layout
-# (160k users, 60k movies, as ml-25m); 1 M with ml-1m's users and movies; 32 M as ml-32m.
+# (160k users, 60k movies, as ml-25m); 1 M with ml-1m's users and movies; 32 M as ml-32m; 100k (ml-100k's
+# users and movies) to try the whole DAG through the bench in a minute or two.
 SIZES = {
+    "100k": Size("ml-100k", 943, 1_682, (20, 192)),
     "1m": Size("ml-1m", 6_040, 3_900, (20, 311)),
     "10m": Size("ml-10m", 70_000, 10_000, (20, 266)),
     "25m": Size("csv", 160_000, 60_000, (20, 292)),
