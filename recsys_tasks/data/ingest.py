@@ -199,6 +199,8 @@ def _write_ratings(blocks: Iterable[pa.Table], path: Path) -> tuple[int, int, in
         with pq.ParquetWriter(path, RATINGS_SCHEMA) as writer, \
                 progress_bar(desc="ingest ratings", total=None, unit="rating", unit_scale=True) as bar:
             for block in blocks:
+                if not block.num_rows:
+                    continue
                 rows += block.num_rows
                 bar.update(block.num_rows)
                 users = np.union1d(users, pc.unique(block["user_id"]).to_numpy())
