@@ -21,7 +21,8 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 # The main job end to end on the embedded defaults (Milvus Lite, SQLite) and the default snapshot:
-# the whole DAG once with `airflow dags test`, then recommendations from the live model.
+# the whole DAG once with `airflow dags test` (a short summary here, Airflow's output in
+# airflow_home/demo-run.log), then recommendations from the live model. Alerts are off.
 demo: install
 	scripts/airflow-demo.sh
 
@@ -39,6 +40,7 @@ browser:
 	  echo "chromium not installed (not root): the browser test will be skipped"
 
 bench: install
+	$(BIN)/python bench/dag_import.py
 	$(BIN)/python bench/ingest_preprocess.py
 	$(BIN)/python bench/baselines_ml1m.py
 	$(BIN)/python bench/train_ml1m.py

@@ -6,47 +6,67 @@
                   curve, test HR@10 over the model versions, and a movie search that shows
                   recommendations (it calls /recsys with fetch()).
 
-Settings come from the API server's environment (RECSYS_*), as for the CLI. Heavy imports (the
-recsys stores, pymilvus, numpy) happen when the API server starts or a request arrives, never when
-the scheduler or a worker loads plugins. Airflow only mounts these apps in its API server.
+Both apps answer only authenticated Airflow users who may read the DAG's runs (viewers included):
+a bearer JWT from `POST /auth/token` or the UI session (`recsys_airflow.auth`). The stores are the
+ones the tasks use: the Airflow connections `recsys_mysql` / `recsys_milvus` first, then `RECSYS_*`
+(`recsys_airflow.stores`), resolved once per API server process. Heavy imports (the recsys stores,
+pymilvus, numpy) happen when the API server starts or a request arrives, never when the scheduler or
+a worker loads plugins. Airflow only mounts these apps in its API server.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
 
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import FileResponse, Response
+from recsys_airflow.auth import RequireDagReader
 
 from recsys_tasks.pipeline import GATES
 
 PAGE = Path(__file__).resolve().parent / "recsys_ui" / "index.html"
 
 
-@lru_cache(maxsize=1)
-def _settings():  # -> recsys_tasks.config.Settings
-    from recsys_tasks.config import load_settings
+def _resolve_settings():  # -> recsys_tasks.config.Settings
+    from recsys_airflow.stores import settings
 
-    return load_settings()
+    return settings()
 
 
 @asynccontextmanager
-async def _mount_serving_api(app: FastAPI) -> AsyncIterator[None]:
+async def _build_serving_api(app: FastAPI) -> AsyncIterator[None]:
     """Build the serving app when the API server starts (Airflow runs mounted apps' lifespans)."""
     from recsys_tasks.serving.api import create_app
 
-    app.mount("/", create_app(_settings()))
+    app.state.serving = create_app(_resolve_settings())
     yield
 
 
-api_app = FastAPI(title="movielens-recsys API (Airflow plugin)", lifespan=_mount_serving_api,
+@asynccontextmanager
+async def _resolve_stores(app: FastAPI) -> AsyncIterator[None]:
+    app.state.settings = _resolve_settings()
+    yield
+
+
+def _settings():  # -> recsys_tasks.config.Settings: the view's, resolved when the API server started
+    return ui_app.state.settings
+
+
+async def _serving_api(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    await api_app.state.serving(scope, receive, send)  # the app the latest startup built
+
+
+api_app = FastAPI(title="movielens-recsys API (Airflow plugin)", lifespan=_build_serving_api,
                   docs_url=None, redoc_url=None, openapi_url=None)
-ui_app = FastAPI(title="movielens-recsys view", docs_url=None, redoc_url=None, openapi_url=None)
+api_app.mount("/", _serving_api)
+ui_app = FastAPI(title="movielens-recsys view", lifespan=_resolve_stores, docs_url=None, redoc_url=None,
+                 openapi_url=None)
+for _app in (api_app, ui_app):
+    _app.add_middleware(RequireDagReader)
 
 
 @ui_app.get("/", include_in_schema=False)

@@ -32,6 +32,8 @@ class Settings:
     db_url: str = ""  # empty: a SQLite file under home
     snapshot: str = OFFICIAL_ML1M_URL
     skip_checksum: bool = False
+    unzip_max_bytes: int = 4 << 30  # how far a snapshot archive may expand (ml-32m: ~0.9 GB) ...
+    unzip_max_ratio: float = 100.0  # ... and how many times its own size (MovieLens zips: ~5x)
     # training
     device: str = "auto"
     sampler: str = "auto"
@@ -50,6 +52,9 @@ class Settings:
     serve_workers: int = 1  # API worker processes
     store_timeout_s: float = 2.0  # every serving call to Milvus or the catalog; then 503
     milvus_linger_s: float = 300.0  # the shared local milvus-lite server stops this long after its last user
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "home", Path(self.home))  # a str from a caller or a DAG param is fine too
 
     @property
     def artifacts(self) -> Path:
@@ -76,6 +81,9 @@ class Settings:
         for name in ("epochs", "embed_dim", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        if self.unzip_max_bytes < 1 or self.unzip_max_ratio <= 1:
+            raise ConfigError("unzip_max_bytes must be positive and unzip_max_ratio above 1, got "
+                              f"{self.unzip_max_bytes}, {self.unzip_max_ratio}")
         if self.lr <= 0:
             raise ConfigError(f"lr: must be positive, got {self.lr}")
         if self.run_date:
@@ -133,6 +141,8 @@ _ENV: dict[str, tuple[str, type]] = {
     "db_url": ("RECSYS_DB_URL", str),
     "snapshot": ("RECSYS_SNAPSHOT", str),
     "skip_checksum": ("RECSYS_SKIP_CHECKSUM", bool),
+    "unzip_max_bytes": ("RECSYS_UNZIP_MAX_BYTES", int),
+    "unzip_max_ratio": ("RECSYS_UNZIP_MAX_RATIO", float),
     "device": ("RECSYS_DEVICE", str),
     "sampler": ("RECSYS_SAMPLER", str),
     "epochs": ("RECSYS_EPOCHS", int),

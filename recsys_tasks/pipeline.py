@@ -21,10 +21,10 @@ Kind = Literal["gate", "io", "compute"]
 
 
 def ingest(s: Settings) -> StepResult:
-    from recsys_tasks.data.ingest import ingest_snapshot
+    from recsys_tasks.data.ingest import UnzipLimits, ingest_snapshot
 
-    return ingest_snapshot(s.snapshot, s.artifacts, downloads=s.home / "downloads",
-                           skip_checksum=s.skip_checksum, force=s.force)
+    return ingest_snapshot(s.snapshot, s.artifacts, downloads=s.home / "downloads", skip_checksum=s.skip_checksum,
+                           force=s.force, unzip_limits=UnzipLimits(s.unzip_max_bytes, s.unzip_max_ratio))
 
 
 def validate_raw(s: Settings, ingested: StepResult) -> StepResult:

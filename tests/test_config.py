@@ -39,3 +39,11 @@ def test_boolean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RECSYS_SKIP_CHECKSUM", "maybe")
     with pytest.raises(ConfigError, match="RECSYS_SKIP_CHECKSUM"):
         load_settings()
+
+
+def test_home_given_as_text_is_a_path(tmp_path) -> None:
+    from recsys_tasks.config import load_settings
+
+    settings = load_settings(home=str(tmp_path / "h"))
+    assert settings.artifacts == tmp_path / "h" / "artifacts"
+    assert settings.resolved_milvus_uri.endswith("/h/milvus.db")

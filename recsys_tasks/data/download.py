@@ -1,14 +1,16 @@
 """Fetch a snapshot archive over HTTP(S): streamed to disk with a progress bar, retried, verified, cached.
 
 Connection errors, timeouts, short reads and HTTP 429/5xx are retried with exponential backoff
-(tenacity); any other HTTP error is bad input. A download whose md5 is known and matches is kept in
-the downloads folder and not fetched again.
+(tenacity); any other HTTP error is bad input. A host name that does not resolve (offline, or a
+typo) fails at once, naming the setting and the local-copy option: waiting cannot fix it. A
+download whose md5 is known and matches is kept in the downloads folder and not fetched again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -61,6 +63,7 @@ def fetch(url: str, downloads: Path, *, expected_md5: str | None) -> Path:
             log.info("using the verified download %s", target)
             return target
         log.warning("cached %s does not match md5 %s: fetching again", target, expected_md5)
+    _check_host(url)
     downloads.mkdir(parents=True, exist_ok=True)
     part = target.with_name(target.name + ".part")
     retrying = Retrying(stop=stop_after_attempt(ATTEMPTS), reraise=True,
@@ -77,6 +80,18 @@ def fetch(url: str, downloads: Path, *, expected_md5: str | None) -> Path:
         log.warning("%s: no checksum to verify against (pass the expected md5 to verify)", url)
     os.replace(part, target)
     return target
+
+
+def _check_host(url: str) -> None:
+    """InputError at once when the URL's host does not resolve."""
+    parsed = urlparse(url)
+    try:
+        socket.getaddrinfo(parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80))
+    except (socket.gaierror, UnicodeError) as exc:
+        raise InputError(f"cannot resolve host {parsed.hostname!r} ({exc}): offline? Point RECSYS_SNAPSHOT "
+                         f"(or --snapshot) at a local copy of the release: `--snapshot /path/to/ml-1m "
+                         f"--skip-checksum` (RECSYS_SNAPSHOT=/path/to/ml-1m RECSYS_SKIP_CHECKSUM=1)",
+                         file=url, rule="snapshot host resolvable") from exc
 
 
 def _transient(exc: BaseException) -> bool:

@@ -14,8 +14,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from recsys_tasks.artifacts import StepResult, run_step
+from recsys_tasks.data.formats import read_parquet
 from recsys_tasks.errors import InputError
 from recsys_tasks.graph.arrays import GRAPH_BIN, GraphArrays, save_arrays
 from recsys_tasks.logs import get_logger
@@ -45,35 +47,38 @@ def build_graph(processed: StepResult, root: Path, *, force: bool = False) -> St
 
 
 def graph_arrays(folder: Path) -> GraphArrays:
-    """Index the train interactions by the catalog's sorted movie ids and the train users' sorted ids."""
+    """Index the train interactions by the catalog's sorted movie ids and the train users' sorted ids.
+
+    Column by column (each read, converted and its Arrow copy dropped), so the step holds the edge
+    arrays and one column in flight, not a DataFrame of the split beside them.
+    """
     movies = pd.read_parquet(folder / "movies.parquet")
-    train = pd.read_parquet(folder / "train.parquet", columns=["user_id", "movie_id", "rating", "timestamp"])
-    if train.empty:
-        raise InputError(
-            "the train split is empty: nothing to build a graph from",
-            file=folder / "train.parquet",
-            rule="train_not_empty",
-        )
+    path = folder / "train.parquet"
+    if pq.ParquetFile(path).metadata.num_rows == 0:
+        raise InputError("the train split is empty: nothing to build a graph from", file=path,
+                         rule="train_not_empty")
     movie_ids = np.sort(movies["movie_id"].to_numpy(np.int64))
-    movie_idx = np.searchsorted(movie_ids, train["movie_id"].to_numpy(np.int64))
+    train_movies = _column(path, "movie_id", np.int64)
+    movie_idx = np.searchsorted(movie_ids, train_movies)
     unknown = (movie_idx >= len(movie_ids)) | (
-        movie_ids[np.minimum(movie_idx, len(movie_ids) - 1)] != train["movie_id"].to_numpy()
+        movie_ids[np.minimum(movie_idx, len(movie_ids) - 1)] != train_movies
     )
     if unknown.any():
         row = int(np.flatnonzero(unknown)[0])
         raise InputError(
-            f"movie_id {int(train['movie_id'].iloc[row])} is not in movies.parquet",
-            file=folder / "train.parquet",
+            f"movie_id {int(train_movies[row])} is not in movies.parquet",
+            file=path,
             row=row,
             rule="movie_in_catalog",
         )
-    user_ids, user_idx = np.unique(train["user_id"].to_numpy(np.int64), return_inverse=True)
+    del train_movies
+    user_ids, user_idx = np.unique(_column(path, "user_id", np.int64), return_inverse=True)
     year, genres, tokens = movie_features(folder, movies.sort_values("movie_id"))
     return GraphArrays(
-        user_idx=user_idx.astype(np.int64),
-        movie_idx=movie_idx.astype(np.int64),
-        rating=train["rating"].to_numpy(np.float32),
-        timestamp=train["timestamp"].to_numpy(np.int64),
+        user_idx=user_idx.astype(np.int64, copy=False),
+        movie_idx=movie_idx.astype(np.int64, copy=False),
+        rating=_column(path, "rating", np.float32),
+        timestamp=_column(path, "timestamp", np.int64),
         movie_ids=movie_ids,
         user_ids=user_ids,
         year=year,
@@ -82,11 +87,17 @@ def graph_arrays(folder: Path) -> GraphArrays:
     )
 
 
+def _column(path: Path, name: str, dtype: type) -> np.ndarray:
+    """One column as a writable array (torch.from_numpy shares it; Arrow's zero-copy views are read-only)."""
+    values = read_parquet(path, columns=[name])[name].to_numpy().astype(dtype, copy=False)
+    return values if values.flags.writeable else values.copy()
+
+
 def movie_features(folder: Path, movies: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """year (0 = unknown), genre multi-hot, title token ids padded with 0 to MAX_TITLE_TOKENS."""
     vocab = json.loads((folder / "vocab.json").read_text())
     n = len(movies)
-    year = movies["year"].fillna(0).to_numpy(np.int32)
+    year = movies["year"].fillna(0).to_numpy(np.int32, copy=True)  # writable: torch shares it
     genres = np.zeros((n, max(len(vocab["genres"]), 1)), dtype=np.float32)
     tokens = np.zeros((n, MAX_TITLE_TOKENS), dtype=np.int64)
     for i, (gids, tids) in enumerate(zip(movies["genre_ids"], movies["title_tokens"])):
@@ -111,17 +122,20 @@ def save_dgl_graph(path: Path, g: GraphArrays) -> bool:
 
 
 def to_dgl(g: GraphArrays, dgl: Any, torch: Any) -> Any:
-    u, m = torch.tensor(g.user_idx), torch.tensor(g.movie_idx)
+    """The heterograph over the arrays' memory (torch.from_numpy: no copies; both edge types share
+    the edge data tensors)."""
+    u, m = torch.from_numpy(g.user_idx), torch.from_numpy(g.movie_idx)
     graph = dgl.heterograph(
         {("user", "watched", "movie"): (u, m), ("movie", "watched-by", "user"): (m, u)},
         num_nodes_dict={"user": g.n_users, "movie": g.n_movies},
     )
+    rating, timestamp = torch.from_numpy(g.rating), torch.from_numpy(g.timestamp)
     for etype in ("watched", "watched-by"):
-        graph.edges[etype].data["rating"] = torch.tensor(g.rating)
-        graph.edges[etype].data["timestamp"] = torch.tensor(g.timestamp)
-    graph.nodes["movie"].data["year"] = torch.tensor(g.year)
-    graph.nodes["movie"].data["genres"] = torch.tensor(g.genres)
-    graph.nodes["movie"].data["title_tokens"] = torch.tensor(g.title_tokens)
-    graph.nodes["movie"].data["movie_id"] = torch.tensor(g.movie_ids)
-    graph.nodes["user"].data["user_id"] = torch.tensor(g.user_ids)
+        graph.edges[etype].data["rating"] = rating
+        graph.edges[etype].data["timestamp"] = timestamp
+    graph.nodes["movie"].data["year"] = torch.from_numpy(g.year)
+    graph.nodes["movie"].data["genres"] = torch.from_numpy(g.genres)
+    graph.nodes["movie"].data["title_tokens"] = torch.from_numpy(g.title_tokens)
+    graph.nodes["movie"].data["movie_id"] = torch.from_numpy(g.movie_ids)
+    graph.nodes["user"].data["user_id"] = torch.from_numpy(g.user_ids)
     return graph

@@ -50,13 +50,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from recsys_tasks.config import ConfigError, Settings
+from recsys_tasks.data.formats import MAX_GENRES_CHARS, MAX_TITLE_CHARS  # validate_raw enforces them on input
 from recsys_tasks.locks import WAIT_LOG_S, FileLocks, lock_id
 from recsys_tasks.logs import get_logger
 
 log = get_logger(__name__)
 
 SCHEMA_VERSION = 2
-TITLE_MAX, GENRES_MAX = 512, 255  # the movie columns' sizes (validate_raw enforces them on input)
 _TIME = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 _MYSQL = {"mysql_charset": "utf8mb4", "mysql_engine": "InnoDB"}
 
@@ -71,9 +71,9 @@ catalog_movies = Table(
     "catalog_movies", metadata,
     Column("catalog_id", String(32), primary_key=True),
     Column("movie_id", BigInteger, primary_key=True, autoincrement=False),
-    Column("title", String(TITLE_MAX), nullable=False),
+    Column("title", String(MAX_TITLE_CHARS), nullable=False),
     Column("year", Integer, nullable=True),
-    Column("genres", String(GENRES_MAX), nullable=False),
+    Column("genres", String(MAX_GENRES_CHARS), nullable=False),
     **_MYSQL,
 )
 model_versions = Table(

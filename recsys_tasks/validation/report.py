@@ -94,6 +94,12 @@ def _html(body: dict[str, Any]) -> str:
             f"{table.to_html(index=False, escape=True, border=0)}</body></html>\n")
 
 
+def _brief(sample: dict[str, Any], width: int = 60) -> dict[str, Any]:
+    """A sample row for a one-line message: long strings cut, with their length (the report keeps them)."""
+    return {k: f"{v[:width]}... ({len(v)} chars)" if isinstance(v, str) and len(v) > width else v
+            for k, v in sample.items()}
+
+
 def failure_message(gate: str, results: list[RuleResult], report: Path, *, rules: int = 3,
                     rows: int = 3) -> str:
     """One paragraph naming each failing rule's file, rule, failing count and a few sample rows."""
@@ -101,7 +107,7 @@ def failure_message(gate: str, results: list[RuleResult], report: Path, *, rules
     parts = []
     for r in failed[:rules]:
         of = f" of {r.total}" if r.total is not None else ""
-        samples = "; ".join(json.dumps(s) for s in r.samples[:rows])
+        samples = "; ".join(json.dumps(_brief(s), ensure_ascii=False) for s in r.samples[:rows])
         why = f" ({r.detail['message']})" if "message" in r.detail else ""
         parts.append(f"{r.file}: rule {r.rule} failed for {r.failing}{of}{why}"
                      + (f", e.g. {samples}" if samples else ""))

@@ -101,12 +101,23 @@ def test_airflow_services_get_every_setting_the_library_reads(config: dict[str, 
         assert not missing, f"{name} lacks {missing}"
         assert env["RECSYS_DB_URL"].startswith("mysql+pymysql://") and "@mysql:3306/" in env["RECSYS_DB_URL"]
         assert env["RECSYS_MILVUS_URI"] == "http://milvus:19530"
+        assert env["RECSYS_MILVUS_TOKEN"] == "root:change-me"  # .env.example's MILVUS_ROOT_PASSWORD
+        assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql+psycopg2://")
+        assert env["RECSYS_ALERT_EMAIL"] == "", "alerts are off until .env names recipients"
+
+
+def test_only_the_api_server_is_published(config: dict[str, Any]) -> None:
+    published = {name for name, service in config["services"].items() if service.get("ports")}
+    assert published == {"airflow-apiserver"}
+    milvus = config["services"]["milvus"]["environment"]
+    assert milvus["COMMON_SECURITY_AUTHORIZATIONENABLED"] == "true"
+    assert milvus["COMMON_SECURITY_DEFAULTROOTPASSWORD"] == "change-me"
 
 
 def test_no_secret_in_the_compose_file() -> None:
     text = COMPOSE.read_text()
     for var in ("POSTGRES_PASSWORD", "MYSQL_PASSWORD", "MYSQL_ROOT_PASSWORD", "AIRFLOW_FERNET_KEY",
-                "AIRFLOW_JWT_SECRET", "MINIO_SECRET_KEY", "AIRFLOW_ADMIN_PASSWORD"):
+                "AIRFLOW_JWT_SECRET", "MINIO_SECRET_KEY", "AIRFLOW_ADMIN_PASSWORD", "MILVUS_ROOT_PASSWORD"):
         assert f"${{{var}:?" in text, f"{var} must come from .env with ${{{var}:?...}}"
     assert not re.search(r"(?i)(password|secret|key)[\w]*:\s*['\"]?(?!\$)[\w-]{6,}", text)
     assert ".env" in (REPO / ".gitignore").read_text().split()

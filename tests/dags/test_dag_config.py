@@ -1,5 +1,6 @@
-"""The DAG's first task: params, dated snapshots and Airflow Connections/Variables become settings;
-no password reaches XCom. Only resolve_config runs here (the steps are marked done)."""
+"""The DAG's first task: params and dated snapshots become settings overrides, empty params leave the
+environment's settings; no password reaches XCom. Only resolve_config runs here (the steps are
+marked done)."""
 
 from __future__ import annotations
 
@@ -48,7 +49,19 @@ def test_params_and_the_dated_snapshot_become_settings(module: Any, airflow_db: 
                           mark_success_pattern=ONLY_RESOLVE)
     assert run.state == "success"
     assert _resolved(run) == {"snapshot": str(dated / "2026-11-01" / "ml-1m.zip"), "epochs": 3,
-                              "device": "cpu", "sampler": "auto"}
+                              "device": "cpu", "run_date": "2026-11-07"}
+
+
+def test_empty_params_leave_the_environment_in_force(module: Any, airflow_db: Path, dated: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the trigger form sends with its fields left empty: nulls (and an empty snapshot)."""
+    monkeypatch.setenv("RECSYS_SNAPSHOT", str(dated))
+    monkeypatch.setenv("RECSYS_DEVICE", "cpu")
+    monkeypatch.setenv("RECSYS_SAMPLER", "torch")
+    run = module.dag.test(logical_date=datetime(2026, 11, 9, 2, tzinfo=UTC), mark_success_pattern=ONLY_RESOLVE,
+                          run_conf={"snapshot": "", "device": None, "sampler": None, "epochs": None})
+    assert run.state == "success"
+    assert _resolved(run) == {"snapshot": str(dated / "2026-11-08" / "ml-1m.zip"), "run_date": "2026-11-09"}
 
 
 def test_a_run_without_logical_date_uses_its_trigger_time(module: Any, airflow_db: Path, dated: Path) -> None:
@@ -62,17 +75,7 @@ def test_no_snapshot_before_the_run_date_fails_the_first_task(module: Any, airfl
     run = module.dag.test(logical_date=datetime(2026, 10, 1, 2, tzinfo=UTC),
                           run_conf={"snapshot": str(dated)}, mark_success_pattern=ONLY_RESOLVE)
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
-    assert states["resolve_config"] == "failed" and states["ingest"] == "upstream_failed"
-
-
-def test_store_urls_come_from_connections_and_variables(module: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert module._store_urls() == {}
-    monkeypatch.setenv("AIRFLOW_CONN_RECSYS_MYSQL", "mysql://rec%40user:p%40ss%3Aword@db.example:3307/recsys")
-    monkeypatch.setenv("AIRFLOW_VAR_RECSYS_MILVUS", "http://vectors.example:19530")
-    assert module._store_urls() == {"db_url": "mysql+pymysql://rec%40user:p%40ss%3Aword@db.example:3307/recsys",
-                                    "milvus_uri": "http://vectors.example:19530"}
-    monkeypatch.setenv("AIRFLOW_CONN_RECSYS_MILVUS", "http://milvus.example:19531")
-    assert module._store_urls()["milvus_uri"] == "http://milvus.example:19531"
+    assert states["resolve_config"] == "failed" and states["data.ingest"] == "upstream_failed"
 
 
 def test_passwords_never_reach_xcom(module: Any, airflow_db: Path, dated: Path,

@@ -11,13 +11,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from recsys_tasks.artifacts import dir_checksums
+from recsys_tasks.data import synthetic as generator
 from recsys_tasks.data.formats import MOVIES_SCHEMA, RATINGS_SCHEMA, USERS_SCHEMA
 from recsys_tasks.data.ingest import ingest_snapshot
-from recsys_tasks.data.synthetic import write_snapshot
+from recsys_tasks.data.synthetic import FORMATS, write_snapshot
 
 
 @pytest.mark.parametrize(("fmt", "files", "has_users"), [
     ("ml-1m", {"ratings.dat", "movies.dat", "users.dat"}, True),
+    ("ml-10m", {"ratings.dat", "movies.dat"}, False),
     ("ml-100k", {"u.data", "u.item", "u.genre", "u.user", "u.occupation", "u.info"}, True),
     ("csv", {"ratings.csv", "movies.csv"}, False),
 ])
@@ -41,12 +43,43 @@ def test_each_format_ingests_to_the_canonical_schema(synthetic: Callable[..., Pa
 
 
 def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path: Path) -> None:
-    for fmt in ("ml-1m", "ml-100k", "csv"):
+    for fmt in FORMATS:
         a = write_snapshot(tmp_path / f"a-{fmt}", n_users=40, fmt=fmt, seed=7)
         b = write_snapshot(tmp_path / f"b-{fmt}", n_users=40, fmt=fmt, seed=7)
         c = write_snapshot(tmp_path / f"c-{fmt}", n_users=40, fmt=fmt, seed=8)
         assert dir_checksums(a) == dir_checksums(b)
         assert dir_checksums(a) != dir_checksums(c)
+
+
+def test_blocks_do_not_change_a_byte(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Users and lines are processed in blocks for memory; any block size writes the same files."""
+    args = {"n_users": 70, "n_movies": 300, "ratings_per_user": (5, 90), "seed": 4}
+    whole = {fmt: dir_checksums(write_snapshot(tmp_path / f"whole-{fmt}", fmt=fmt, **args)) for fmt in FORMATS}
+    monkeypatch.setattr(generator, "USER_BLOCK", 3)
+    monkeypatch.setattr(generator, "LINES_PER_WRITE", 97)
+    for fmt in FORMATS:
+        assert dir_checksums(write_snapshot(tmp_path / f"blocks-{fmt}", fmt=fmt, **args)) == whole[fmt], fmt
+
+
+def test_ml10m_layout_half_stars_utf8_and_sorted_by_user_then_movie(synthetic: Callable[..., Path],
+                                                                    tmp_path: Path) -> None:
+    folder = synthetic("ml-10m")
+    lines = (folder / "ratings.dat").read_text().splitlines()
+    fields = [line.split("::") for line in lines]
+    assert all(len(f) == 4 for f in fields)
+    ratings = {f[2] for f in fields}
+    assert ratings <= {"0.5", "1", "1.5", "2", "2.5", "3", "3.5", "4", "4.5", "5"}  # as ml-10m writes them
+    assert ratings & {"0.5", "1.5", "2.5", "3.5", "4.5"} and ratings & {"1", "2", "3", "4", "5"}
+    pairs = [(int(f[0]), int(f[1])) for f in fields]
+    assert pairs == sorted(pairs)
+    movies = (folder / "movies.dat").read_bytes()
+    assert "Café".encode() in movies or "Noël".encode() in movies  # UTF-8, not latin-1
+    result = ingest_snapshot(str(folder), tmp_path, downloads=tmp_path / "dl")
+    assert result.manifest["release"] == "ml-10m" and not result.out("users.parquet").exists()
+    titles = pd.read_parquet(result.out("movies.parquet"))["title"]
+    assert titles.str.contains("Café|Noël").any()
+    stored = pd.read_parquet(result.out("ratings.parquet"))["rating"]
+    assert sorted(set(stored)) == sorted({float(r) for r in ratings})
 
 
 def test_csv_round_trip_half_stars_quotes_and_utf8(synthetic: Callable[..., Path], tmp_path: Path) -> None:

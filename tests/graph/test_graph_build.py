@@ -13,7 +13,7 @@ import pytest
 from recsys_tasks.artifacts import StepResult
 from recsys_tasks.errors import InputError
 from recsys_tasks.graph.arrays import load_arrays
-from recsys_tasks.graph.build import build_graph
+from recsys_tasks.graph.build import build_graph, graph_arrays
 
 os.environ.setdefault("DGLBACKEND", "pytorch")
 GENRES = ["Action", "Comedy", "Drama"]
@@ -107,3 +107,14 @@ def test_movie_outside_the_catalog_is_bad_input(tmp_path: Path) -> None:
     train.to_parquet(processed.out("train.parquet"), index=False)
     with pytest.raises(InputError, match="99999.*row 3.*movie_in_catalog"):
         build_graph(processed, tmp_path / "art")
+
+
+def test_arrays_are_writable_for_torch_to_share(tmp_path: Path) -> None:
+    """to_dgl hands the arrays to torch without a copy; torch needs them writable (Arrow's and pandas'
+    zero-copy views are read-only: a plain int32 year column without nulls came back as one)."""
+    processed = write_planted(tmp_path / "pre", n_users=5)
+    movies = pd.read_parquet(processed.out("movies.parquet"))
+    movies["year"] = movies["year"].fillna(1990).astype("int32")
+    movies.to_parquet(processed.out("movies.parquet"), index=False)
+    g = graph_arrays(processed.path)
+    assert all(getattr(g, name).flags.writeable for name in g.__dataclass_fields__)

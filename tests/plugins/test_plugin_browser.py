@@ -113,7 +113,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, objec
                      "127.0.0.1", "--port", str(milvus_port)], env, milvus_log)
     api = None
     try:
-        _wait_port(milvus_port, milvus, 60, milvus_log)
+        _wait_port(milvus_port, milvus, 300, milvus_log)
         subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, cwd=REPO, check=True,
                        capture_output=True, timeout=300)
         conf = {"snapshot": str(root / "snapshots"), "epochs": 2, "embed_dim": 16, "lr": 0.02, "device": "cpu"}
@@ -123,7 +123,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, objec
         assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
         api = _start([str(BIN / "airflow"), "api-server", "--port", str(api_port)], env, api_log)
         base = f"http://127.0.0.1:{api_port}"
-        _wait(f"{base}/api/v2/version", api, 180, api_log)
+        _wait(f"{base}/api/v2/version", api, 600, api_log)
         yield {"base": base, "profile": root / "chromium"}
     finally:
         if api is not None:

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from recsys_tasks.artifacts import StepResult, run_step
+from recsys_tasks.data.formats import MAX_GENRES_CHARS, MAX_TITLE_CHARS
 from recsys_tasks.errors import GateFailure, InputError
 from recsys_tasks.validation.gates import (
     validate_embeddings,
@@ -253,6 +254,26 @@ def test_raw_unknown_movie_rated(tmp_path: Path) -> None:
     row = fails(lambda: validate_raw(ingest(tmp_path, ratings=ratings), tmp_path),
                 "ratings.parquet", "movie_in_movies", 1)
     assert row["samples"][0]["row"] == 9 and row["samples"][0]["movie_id"] == 99
+
+
+@pytest.mark.parametrize(("column", "limit"), [("title", MAX_TITLE_CHARS), ("genres", MAX_GENRES_CHARS)])
+def test_raw_value_longer_than_the_catalog_column(tmp_path: Path, column: str, limit: int) -> None:
+    """A title over 512 characters (genres over 255) would pass every step and then fail load_catalog on
+    MariaDB: the raw gate names the file, the row and the rule. Exactly the limit passes (in characters,
+    not bytes: 'é' is one)."""
+    movies = movies_frame()
+    movies.loc[2, column] = "é" * (limit + 1)
+    movies.loc[3, column] = "é" * limit
+    with pytest.raises(GateFailure) as info:
+        validate_raw(ingest(tmp_path, movies=movies), tmp_path)
+    rule = f"{column}_at_most_{limit}_chars"
+    assert "movies.parquet" in str(info.value) and rule in str(info.value) and '"row": 3' in str(info.value)
+    assert info.value.rule == rule and Path(info.value.file).name == "movies.parquet"
+    report = json.loads(info.value.report.read_text())
+    failed = [r for r in report["results"] if r["status"] == "failed"]
+    assert [(r["file"], r["rule"], r["failing"]) for r in failed] == [("movies.parquet", rule, 1)]
+    assert failed[0]["samples"][0]["row"] == 3 and failed[0]["samples"][0]["movie_id"] == 3
+    assert failed[0]["check"] == "expect_column_value_lengths_to_be_between"
 
 
 def test_raw_implausible_timestamps(tmp_path: Path) -> None:
