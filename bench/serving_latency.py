@@ -1,6 +1,7 @@
 """Serving latency and throughput: `recsys serve` (its own worker processes) against a `milvus-lite server`
 process and a SQLite catalog, called over HTTP keep-alive by 1, 16 and 64 concurrent clients, with
-numpy brute force over the same vectors as the floor, in one run.
+numpy brute force over the same vectors as the floor, in one run (and one search at a time straight to
+the milvus-lite server: what the store itself costs per call).
 
     .venv/bin/python bench/serving_latency.py [--movies 3883] [--dim 64] [--seconds 10] [--workers 2]
                                               [--clients 1,16,64] [--routes similar,user]
@@ -180,6 +181,23 @@ def numpy_floor(ids: np.ndarray, vectors: np.ndarray, n: int = 2000) -> dict[str
             "errors": 0, "load_1min": round(os.getloadavg()[0], 2)}
 
 
+def milvus_alone(settings, release, n: int = 500) -> dict[str, float]:
+    """One search at a time straight to the milvus-lite server (no API): what the store itself costs."""
+    from recsys_tasks.stores.milvus import VectorStore, collection_name
+
+    store, name = VectorStore.from_settings(settings), collection_name(release.version)
+    rng = np.random.default_rng(0)
+    took = []
+    for row in rng.integers(0, release.ids.size, n):
+        t = time.perf_counter()
+        store.search(name, release.vectors[row][None, :], 11)
+        took.append(time.perf_counter() - t)
+    ms = np.asarray(took) * 1e3
+    return {"clients": 1, "requests": n, "req_s": round(n / (ms.sum() / 1e3), 1),
+            "p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2),
+            "errors": 0, "load_1min": round(os.getloadavg()[0], 2)}
+
+
 def cpu_seconds() -> float:
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
@@ -209,6 +227,7 @@ def main() -> None:
             for route in args.routes.split(","):
                 results[route] = [asyncio.run(closed_loop(url, paths[route], int(c), args.seconds, args.warmup))
                                   for c in args.clients.split(",")]
+            results["milvus alone"] = [milvus_alone(settings, release)]
             results["numpy floor"] = [numpy_floor(release.ids, release.vectors)]
         finally:
             for proc in (api, milvus):
