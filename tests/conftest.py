@@ -24,6 +24,8 @@ os.environ.update({
     "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
     "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
 })
+# Each test home's shared local milvus-lite server stops soon after its last user (not after minutes).
+os.environ.setdefault("RECSYS_MILVUS_LINGER_S", "3")
 SHARED_DATA = Path(os.environ.get("RECSYS_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
