@@ -92,8 +92,10 @@ def test_gpu_worker_reserves_a_gpu_and_serves_queue_gpu(config: dict[str, Any]) 
 
 
 def test_airflow_services_get_every_setting_the_library_reads(config: dict[str, Any]) -> None:
-    per_run = {"RECSYS_RUN_DATE"}  # each DAG run passes its own logical date
-    read = set(re.findall(r'"(RECSYS_[A-Z_]+)"', (REPO / "recsys_tasks" / "config.py").read_text())) - per_run
+    elsewhere = {"RECSYS_RUN_DATE",  # each DAG run passes its own logical date
+                 "RECSYS_API_KEY", "RECSYS_SERVE_WORKERS",  # `recsys serve` only: the recsys-api service
+                 "RECSYS_MILVUS_LINGER_S"}  # the embedded default's local server; compose names a Milvus
+    read = set(re.findall(r'"(RECSYS_[A-Z_]+)"', (REPO / "recsys_tasks" / "config.py").read_text())) - elsewhere
     assert {"RECSYS_HOME", "RECSYS_DB_URL", "RECSYS_MILVUS_URI"} <= read
     for name in AIRFLOW_SERVICES:
         env = config["services"][name]["environment"]
@@ -106,9 +108,11 @@ def test_airflow_services_get_every_setting_the_library_reads(config: dict[str, 
         assert env["RECSYS_ALERT_EMAIL"] == "", "alerts are off until .env names recipients"
 
 
-def test_only_the_api_server_is_published(config: dict[str, Any]) -> None:
+def test_only_the_api_servers_are_published(config: dict[str, Any]) -> None:
     published = {name for name, service in config["services"].items() if service.get("ports")}
-    assert published == {"airflow-apiserver"}
+    assert published == {"airflow-apiserver", "recsys-api"}
+    api = config["services"]["recsys-api"]
+    assert api["environment"]["RECSYS_API_KEY"] == "change-me" and "0.0.0.0" in api["command"]
     milvus = config["services"]["milvus"]["environment"]
     assert milvus["COMMON_SECURITY_AUTHORIZATIONENABLED"] == "true"
     assert milvus["COMMON_SECURITY_DEFAULTROOTPASSWORD"] == "change-me"
@@ -117,7 +121,8 @@ def test_only_the_api_server_is_published(config: dict[str, Any]) -> None:
 def test_no_secret_in_the_compose_file() -> None:
     text = COMPOSE.read_text()
     for var in ("POSTGRES_PASSWORD", "MYSQL_PASSWORD", "MYSQL_ROOT_PASSWORD", "AIRFLOW_FERNET_KEY",
-                "AIRFLOW_JWT_SECRET", "MINIO_SECRET_KEY", "AIRFLOW_ADMIN_PASSWORD", "MILVUS_ROOT_PASSWORD"):
+                "AIRFLOW_JWT_SECRET", "MINIO_SECRET_KEY", "AIRFLOW_ADMIN_PASSWORD", "MILVUS_ROOT_PASSWORD",
+                "RECSYS_API_KEY"):
         assert f"${{{var}:?" in text, f"{var} must come from .env with ${{{var}:?...}}"
     assert not re.search(r"(?i)(password|secret|key)[\w]*:\s*['\"]?(?!\$)[\w-]{6,}", text)
     assert ".env" in (REPO / ".gitignore").read_text().split()
