@@ -162,8 +162,9 @@ class Stack:
         """docker-compose.yml's airflow-init, plus the users and connections an operator creates."""
         self.airflow("db", "migrate")
         for user, role in USERS.items():  # (`users import` sets no passwords)
-            self.airflow("users", "create", "--role", role, "--username", user, "--password",
-                         self.passwords[user], "--firstname", user, "--lastname", "Test",
+            # `--password=…` in one word: a random password may start with '-', which argparse reads as a flag
+            self.airflow("users", "create", "--role", role, "--username", user,
+                         f"--password={self.passwords[user]}", "--firstname", user, "--lastname", "Test",
                          "--email", f"{user}@test.local")
         self.airflow("pools", "set", "gpu", "1", "one training at a time per GPU")
         connections = {
