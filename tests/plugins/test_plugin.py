@@ -1,6 +1,6 @@
 """The Airflow plugin: registered by Airflow's plugin manager, cheap to load; its API and view answer
-only authenticated Airflow users with read access (Airflow's own API server app, its auth manager and
-real tokens); with only the Airflow connections set it serves the live model from those stores and
+only authenticated Airflow users with read access, and a request that writes only users who may edit
+the DAG's runs (Airflow's own API server app, its auth manager and real tokens); with only the Airflow connections set it serves the live model from those stores and
 creates no embedded store. With a browser: tests/plugins/test_plugin_browser.py."""
 
 from __future__ import annotations
@@ -87,6 +87,10 @@ class Api:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return self.client.get(path, headers=headers, **kwargs)
 
+    def post(self, path: str, token: str | None = None, **kwargs):
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return self.client.post(path, headers=headers, **kwargs)
+
 
 @pytest.fixture
 def airflow_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -100,7 +104,7 @@ def airflow_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AIRFLOW__CORE__AUTH_MANAGER",
                        "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager")
-    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "admin:admin,viewer:viewer")
+    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "admin:admin,viewer:viewer,editor:user")
     monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", "False")
     monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE", str(tmp_path / "passwords.json"))
     # the API server signs tokens with it; set here, as an earlier in-process dag.test() may have unset it
@@ -185,3 +189,57 @@ def test_with_only_the_connections_set_the_plugin_serves_the_live_model(
     similar = api.get(f"/recsys/movies/{int(release.ids[0])}/similar", token, params={"k": 5})
     assert similar.status_code == 200 and len(similar.json()["items"]) == 5
     assert not (home / "catalog.db").exists() and not (home / "milvus.db").exists()
+
+
+@pytest.mark.parametrize(("method", "path", "needs"), [
+    ("GET", "/recsys/users/1/recommendations", "GET"), ("HEAD", "/recsys/health", "GET"),
+    ("OPTIONS", "/recsys/recommendations", "GET"), ("POST", "/recsys/recommendations", "GET"),
+    ("POST", "/recsys/users/1/ratings", "POST"), ("PUT", "/recsys/users/1/ratings", "PUT"),
+    ("PATCH", "/recsys/movies/1", "PUT"), ("DELETE", "/recsys/users/1/ratings", "DELETE"),
+    ("POST", "/recsys/recommendations/x", "POST"), ("POST", "/recsys-ui/status.json", "POST"),
+])
+def test_the_permission_asked_follows_the_request(method: str, path: str, needs: str) -> None:
+    """Reads (and the history query, a POST that writes nothing) ask to read the DAG's runs; anything
+    else asks the auth manager for the change, with the methods Airflow's own API uses for DAG runs."""
+    from recsys_airflow.auth import required_method
+
+    root = "/" + path.split("/")[1]
+    assert required_method({"type": "http", "method": method, "path": path, "root_path": root}) == needs
+
+
+@pytest.mark.parametrize("stores", [("server", "sqlite")], indirect=True)
+def test_a_viewer_cannot_record_ratings_and_an_editor_can(
+        stores, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    """POST /users/{id}/ratings writes to the catalog: a Viewer gets 403 and nothing is stored; a user
+    with the `User` role (may edit DAG runs) records it. The history query stays open to viewers."""
+    from sqlalchemy import func, select
+
+    from recsys_tasks.stores.catalog import Catalog, rating_events
+
+    release = make_release(stores, "live-for-writes")
+    assert ship(stores, release)["promote"].manifest["model_version"] == release.version
+    monkeypatch.setenv("AIRFLOW_CONN_RECSYS_MILVUS", stores.milvus_uri)  # the catalog: SQLite in RECSYS_HOME
+    api = request.getfixturevalue("airflow_api")
+    assert Path(os.environ["RECSYS_HOME"]).resolve() == Path(stores.home).resolve()
+    movie = int(release.ids[0])
+    rating = {"ratings": [{"movie_id": movie, "rating": 5.0, "timestamp": 1_100_000_000}]}
+
+    def recorded() -> int:
+        with Catalog.from_settings(stores).engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(rating_events)).scalar_one()
+
+    viewer = api.login("viewer")
+    assert api.get("/recsys/health", viewer).status_code == 200
+    refused = api.post("/recsys/users/7/ratings", viewer, json=rating)
+    assert refused.status_code == 403 and "may not change" in refused.json()["detail"], refused.text
+    assert api.post("/recsys/users/7/ratings", None, json=rating).status_code == 401
+    assert recorded() == 0
+    history = api.post("/recsys/recommendations", viewer, json={"history": [movie], "k": 3})
+    assert history.status_code == 200 and len(history.json()["items"]) == 3, history.text
+
+    accepted = api.post("/recsys/users/7/ratings", api.login("editor"), json=rating)
+    assert accepted.status_code == 200, accepted.text
+    assert accepted.json() == {"user_id": 7, "recorded": 1, "duplicates": 0}
+    assert recorded() == 1
+    seen = api.get("/recsys/users/7/recommendations", viewer, params={"k": 5})
+    assert seen.status_code == 200 and movie not in [it["movie_id"] for it in seen.json()["items"]], seen.text
