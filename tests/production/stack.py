@@ -27,6 +27,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.fixtures_stores import service_unavailable
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "postgres"}
@@ -122,9 +124,9 @@ class Stack:
             maria = pymysql.connect(**MARIADB, connect_timeout=5, autocommit=True)
             broker = redis.Redis(*REDIS, socket_timeout=5)
             broker.ping()
-        except Exception as exc:  # noqa: BLE001 - any unreachable service: say which, skip
-            pytest.skip(f"the production test needs PostgreSQL {PG['port']}, MariaDB {MARIADB['port']} and "
-                        f"Redis {REDIS[1]} on 127.0.0.1: {exc}")
+        except Exception as exc:  # noqa: BLE001 - any unreachable service: say which; skip, or fail under CI
+            service_unavailable(f"the production test needs PostgreSQL {PG['port']}, MariaDB {MARIADB['port']} "
+                                f"and Redis {REDIS[1]} on 127.0.0.1: {exc}")
         pg.autocommit = True
         with pg.cursor() as cur:
             cur.execute(f'CREATE DATABASE "{self.name}"')  # a generated name, not input
