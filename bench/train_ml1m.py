@@ -1,156 +1,102 @@
-"""Train PinSage on the real ml-1m and report epoch times, the sampler's share and test HR@10 of both rules.
+"""PinSage training on a real release through the pipeline's own steps: epochs, time, every method.
 
-    python bench/train_ml1m.py [--home DIR] [--data ../shared/data/ml-1m] [--epochs N] [--device cpu]
-    python bench/train_ml1m.py --raw .data/ml-1m --device cuda --sampler torch   (no pipeline, no DGL)
+    .venv/bin/python bench/train_ml1m.py [--data ../shared/data/ml-1m] [--home DIR] [--epochs N]
+        [--negatives N] [--batch-size N] [--device auto|cpu|cuda] [--sampler auto|dgl|torch] [--threads N]
+        [--plot FILE]
 
-Default mode runs the pipeline's own steps (ingest with --skip-checksum, preprocess, build_graph, train)
-in --home (a temp folder when absent). --raw parses the .dat files here with numpy/pandas and splits them
-by the same protocol, so it runs where only torch + numpy + pandas are installed (a GPU box). Test
-protocol (DESIGN.md): history = train + the val movie, seen movies excluded; metrics come from
-recsys_tasks.model.metrics, not from the evaluate step.
+Runs recsys_tasks.pipeline up to evaluate (ingest with --skip-checksum, the data gates, preprocess,
+build_graph, train, evaluate) in --home (a temp folder when absent; with --home finished steps are
+reused) and prints, per epoch, the updates, the wall seconds, the time the loop waited for the sampler
+and validation HR@10 of both rules; then the evaluate step's leave-one-out table (validation and
+test, every method), which is what the quality gate reads. --plot draws validation HR@10 against the
+training wall time. The last line is one JSON object. `--negatives 0` trains with a full softmax.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
-import re
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("DGLBACKEND", "pytorch")
 
+from recsys_tasks import pipeline
+from recsys_tasks.artifacts import read_json
 from recsys_tasks.config import load_settings
-from recsys_tasks.graph.arrays import GraphArrays, load_arrays
-from recsys_tasks.graph.sequences import Sequences
-from recsys_tasks.model.train import Validation, fit, resolve_device
+from recsys_tasks.model.evaluate import METHODS
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-1m"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=SHARED, help="a MovieLens release folder or .zip")
     ap.add_argument("--home", type=Path)
-    ap.add_argument("--data", type=Path, default=SHARED)
-    ap.add_argument("--raw", type=Path, help="ml-1m folder to parse directly (no pipeline steps, no DGL)")
     ap.add_argument("--epochs", type=int)
+    ap.add_argument("--negatives", type=int)
     ap.add_argument("--batch-size", type=int)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--sampler", default="auto")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--plot", type=Path, help="write validation HR@10 against training time as a PNG")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    # --raw writes nothing; the pipeline mode needs an artifact root
-    home = args.home or (
-        Path(".recsys-bench") if args.raw else Path(tempfile.mkdtemp(prefix="recsys-bench-"))
-    )
-    s = load_settings(
-        home=home,
-        snapshot=str(args.raw or args.data),
-        skip_checksum=True,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        device=args.device,
-        sampler=args.sampler,
-    )
+    home = args.home or Path(tempfile.mkdtemp(prefix="recsys-bench-"))
+    s = load_settings(home=home, snapshot=str(args.data), skip_checksum=True, epochs=args.epochs,
+                      negatives=args.negatives, batch_size=args.batch_size, device=args.device,
+                      sampler=args.sampler)
     started = time.perf_counter()
-    if args.raw:
-        g, val, test = raw_split(args.raw)
-        result = fit(g, val, s, resolve_device(s.device))
-        emb, rule, history = result.embeddings, result.rule, result.history
-    else:
-        from recsys_tasks import pipeline
-
-        processed = pipeline.preprocess(s, pipeline.ingest(s))
-        graph = pipeline.build_graph(s, processed)
-        trained = pipeline.train(s, processed, graph)
-        g = load_arrays(graph.path)
-        val = pd.read_parquet(processed.out("val.parquet"))
-        test = pd.read_parquet(processed.out("test.parquet"))
-        emb = np.load(trained.out("embeddings.npy"))
-        rule = json.loads(trained.out("rule.json").read_text())
-        history = json.loads(trained.out("metrics.json").read_text())["epochs"]
+    results = pipeline.run(s, until="evaluate")
     wall = time.perf_counter() - started
-    metrics = heldout_metrics(g, val, test, emb, rule)
-    train_s = sum(h["train_s"] for h in history)
-    sampler_s = sum(h["sampler_s"] for h in history)
+    trained, evaluated = results["train"], results["evaluate"]
+    history = read_json(trained.out("metrics.json"))["epochs"]
     for h in history:
-        print(
-            f"epoch {h['epoch']}: {h['train_s']:.1f}s (sampler {h['sampler_s']:.1f}s) loss {h['loss']:.4f} "
-            f"val HR@10 history {h['val_hr@10']:.4f} latest {h['val_latest_hr@10']:.4f}"
-        )
-    summary = {
-        "test_hr@10_latest": metrics["latest"]["hr@10"],
-        "test_hr@10_history": metrics["history"]["hr@10"],
-        "test": metrics,
-        "train_loop_s": round(train_s, 1),
-        "sampler_s": round(sampler_s, 1),
-        "sampler_share": round(sampler_s / max(train_s, 1e-9), 4),
-        "wall_s": round(wall, 1),
-        "epochs": len(history),
-        "device": str(resolve_device(s.device)),
-        "home": str(home),
-    }
-    print(json.dumps(summary))
+        print(f"epoch {h['epoch']}: {h['updates']} updates, {h['train_s']:.1f}s (waiting for the sampler "
+              f"{h['sampler_wait_s']:.1f}s), loss {h['loss']:.4f}, val HR@10 history {h['val_hr@10']:.4f} "
+              f"latest {h['val_latest_hr@10']:.4f}")
+    metrics = read_json(evaluated.out("metrics.json"))["metrics"]
+    print(f"{'method':<18}{'val HR@10':>11}{'val NDCG@10':>13}{'test HR@10':>12}{'test NDCG@10':>14}")
+    for method in METHODS:
+        v, t = metrics["val"][method], metrics["test"][method]
+        print(f"{method:<18}{v['hr@10']:>11.4f}{v['ndcg@10']:>13.4f}{t['hr@10']:>12.4f}{t['ndcg@10']:>14.4f}")
+    if args.plot:
+        plot(args.plot, history, s.negatives)
+    print(json.dumps({
+        "data": str(args.data), "device": trained.manifest["params"]["device"],
+        "sampler": trained.manifest["params"]["sampler"], "negatives": s.negatives,
+        "epochs": len(history), "best_epoch": trained.manifest["best_epoch"],
+        "train_s": trained.manifest["train_s"], "sampler_wait_s": trained.manifest["sampler_wait_s"],
+        "epoch_s": [h["train_s"] for h in history], "wall_s": round(wall, 1),
+        "val": metrics["val"], "test": metrics["test"], "home": str(home),
+    }))
 
 
-def heldout_metrics(
-    g: GraphArrays, val: pd.DataFrame, test: pd.DataFrame, emb: np.ndarray, rule: dict
-) -> dict[str, dict[str, float]]:
-    """Test split: history = train movies + the val movie; those are excluded from the ranking."""
-    users = np.searchsorted(g.user_ids, val["user_id"].to_numpy(np.int64))
-    movies = np.searchsorted(g.movie_ids, val["movie_id"].to_numpy(np.int64))
-    extra = {int(u): [int(m)] for u, m in zip(users, movies)}
-    return Validation.build(g, Sequences.from_graph(g), test, extra=extra).evaluate(emb, rule)
+def plot(path: Path, history: list[dict], negatives: int) -> None:
+    import matplotlib
 
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-def raw_split(folder: Path) -> tuple[GraphArrays, pd.DataFrame, pd.DataFrame]:
-    """ml-1m .dat files -> train graph arrays + val/test frames, split per user as DESIGN.md says."""
-
-    def dat(name: str, cols: list[str]) -> pd.DataFrame:
-        text = (folder / name).read_bytes().decode("latin-1").replace("::", "\t")
-        return pd.read_csv(io.StringIO(text), sep="\t", names=cols, header=None, quoting=3)
-
-    movies = dat("movies.dat", ["movie_id", "title", "genres"]).sort_values("movie_id")
-    r = dat("ratings.dat", ["user_id", "movie_id", "rating", "timestamp"])
-    r = r.sort_values(["user_id", "timestamp", "movie_id"], kind="stable").reset_index(drop=True)
-    back = r.groupby("user_id").cumcount(ascending=False).to_numpy()
-    enough = r.groupby("user_id")["movie_id"].transform("size").to_numpy() >= 3
-    train, val, test = r[~enough | (back >= 2)], r[enough & (back == 1)], r[enough & (back == 0)]
-    movie_ids = movies["movie_id"].to_numpy(np.int64)
-    user_ids, user_idx = np.unique(train["user_id"].to_numpy(np.int64), return_inverse=True)
-    genre_names = sorted({x for gs in movies["genres"] for x in gs.split("|") if x})
-    genres = np.zeros((len(movies), len(genre_names)), np.float32)
-    tokens = np.zeros((len(movies), 8), np.int64)
-    vocab: dict[str, int] = {}
-    year = np.zeros(len(movies), np.int32)
-    for i, (title, gs) in enumerate(zip(movies["title"], movies["genres"])):
-        genres[i, [genre_names.index(x) for x in gs.split("|") if x]] = 1
-        if m := re.search(r"\((\d{4})\)\s*$", title):
-            year[i] = int(m.group(1))
-        words = re.findall(r"[a-z0-9]+", re.sub(r"\(\d{4}\)\s*$", "", title).lower())[:8]
-        tokens[i, : len(words)] = [vocab.setdefault(w, len(vocab) + 2) for w in words]
-    g = GraphArrays(
-        user_idx=user_idx.astype(np.int64),
-        movie_idx=np.searchsorted(movie_ids, train["movie_id"].to_numpy(np.int64)),
-        rating=train["rating"].to_numpy(np.float32),
-        timestamp=train["timestamp"].to_numpy(np.int64),
-        movie_ids=movie_ids,
-        user_ids=user_ids,
-        year=year,
-        genres=genres,
-        title_tokens=tokens,
-    )
-    return g, val, test
+    elapsed, total = [], 0.0
+    for h in history:
+        total += h["train_s"]
+        elapsed.append(total / 60)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(elapsed, [h["val_hr@10"] for h in history], marker="o", label="history rule (served)")
+    ax.plot(elapsed, [h["val_latest_hr@10"] for h in history], marker="o", label="latest movie")
+    ax.set(xlabel="training wall time (min)", ylabel="validation HR@10",
+           title=f"PinSage, {'full softmax' if negatives == 0 else f'{negatives} sampled negatives'}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

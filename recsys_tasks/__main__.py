@@ -98,6 +98,7 @@ def _pipeline_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int)
     p.add_argument("--embed-dim", type=int)
     p.add_argument("--batch-size", type=int)
+    p.add_argument("--negatives", type=int, help="movies drawn per training step (0: a full softmax)")
     p.add_argument("--lr", type=float)
     p.add_argument("--device", choices=DEVICES)
     p.add_argument("--sampler", choices=SAMPLERS)
@@ -155,8 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _settings_from(args: argparse.Namespace) -> Settings:
-    keys = ("home", "milvus_uri", "db_url", "snapshot", "skip_checksum", "epochs", "embed_dim", "batch_size", "lr",
-            "device", "sampler", "seed", "force", "run_date", "api_key", "serve_workers")
+    keys = ("home", "milvus_uri", "db_url", "snapshot", "skip_checksum", "epochs", "embed_dim", "batch_size",
+            "negatives", "lr", "device", "sampler", "seed", "force", "run_date", "api_key", "serve_workers")
     settings = load_settings(**{k: getattr(args, k, None) for k in keys})
     if getattr(args, "synthetic", None):
         from recsys_tasks.data.synthetic import write_snapshot

@@ -40,6 +40,7 @@ class Settings:
     epochs: int = 8
     embed_dim: int = 64
     batch_size: int = 1024
+    negatives: int = 1024  # movies drawn per step for the sampled softmax; 0 scores every movie (full softmax)
     lr: float = 3e-3
     seed: int = 42
     # serving and promotion
@@ -84,6 +85,8 @@ class Settings:
         if self.unzip_max_bytes < 1 or self.unzip_max_ratio <= 1:
             raise ConfigError("unzip_max_bytes must be positive and unzip_max_ratio above 1, got "
                               f"{self.unzip_max_bytes}, {self.unzip_max_ratio}")
+        if self.negatives < 0:
+            raise ConfigError(f"negatives: must be at least 0 (0: every movie), got {self.negatives}")
         if self.lr <= 0:
             raise ConfigError(f"lr: must be positive, got {self.lr}")
         if self.run_date:
@@ -108,7 +111,7 @@ class Settings:
 
     def training_params(self) -> dict[str, Any]:
         """The settings that change a trained model (and so its model_version)."""
-        return {k: getattr(self, k) for k in ("epochs", "embed_dim", "batch_size", "lr", "seed", "sampler")}
+        return {k: getattr(self, k) for k in ("epochs", "embed_dim", "batch_size", "negatives", "lr", "seed", "sampler")}
 
     def public(self) -> dict[str, Any]:
         """Settings safe to print or log: passwords in URLs are masked."""
@@ -148,6 +151,7 @@ _ENV: dict[str, tuple[str, type]] = {
     "epochs": ("RECSYS_EPOCHS", int),
     "embed_dim": ("RECSYS_EMBED_DIM", int),
     "batch_size": ("RECSYS_BATCH_SIZE", int),
+    "negatives": ("RECSYS_NEGATIVES", int),
     "lr": ("RECSYS_LR", float),
     "seed": ("RECSYS_SEED", int),
     "keep_versions": ("RECSYS_KEEP_VERSIONS", int),

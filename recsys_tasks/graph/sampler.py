@@ -16,6 +16,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from recsys_tasks.config import ConfigError
 from recsys_tasks.graph.arrays import GraphArrays
 
 
@@ -68,14 +69,23 @@ class Frontier(Protocol):
         """(neighbour, seed movie, visit count) edges, global movie indices, for the given seed movies."""
 
 
-def sample_blocks(sampler: Frontier, seeds: torch.Tensor, n_layers: int, seed: int) -> Blocks:
-    """Sample from the output layer inwards, as DGL's example does: each layer's inputs feed the one after."""
+def sample_blocks(
+    sampler: Frontier, seeds: torch.Tensor, n_layers: int, seed: int, exclude: torch.Tensor | None = None
+) -> Blocks:
+    """Sample from the output layer inwards, as DGL's example does: each layer's inputs feed the one after.
+
+    `exclude`: packed (neighbour * n_movies + movie) pairs whose edges are dropped from every layer, as
+    DGL's example drops (query, positive) edges so that training cannot read a target off the graph.
+    """
     layers: list[Layer] = []
     nodes = seeds
     for depth in range(n_layers):
         src, dst, weight = (
             t.to(nodes.device) for t in sampler.frontier(nodes, (seed * 1009 + depth) % 2**31)
         )
+        if exclude is not None and len(exclude):
+            keep = ~torch.isin(src * sampler.n_movies + dst, exclude.to(src.device))
+            src, dst, weight = src[keep], dst[keep], weight[keep]
         mapping = torch.full((sampler.n_movies,), -1, dtype=torch.long, device=nodes.device)
         mapping[nodes] = torch.arange(len(nodes), device=nodes.device)
         new = torch.unique(src[mapping[src] < 0])
@@ -178,13 +188,22 @@ def dgl_available() -> bool:
     return True
 
 
+def resolve_sampler(name: str) -> str:
+    """'auto' becomes the sampler actually used (DGL when it loads, else torch), once, so that the train
+    step's key and model_version name it; 'dgl' where DGL cannot load is a configuration error."""
+    if name == "auto":
+        return "dgl" if dgl_available() else "torch"
+    if name == "dgl" and not dgl_available():
+        raise ConfigError("sampler: 'dgl' was requested but DGL cannot be imported here (use torch or auto)")
+    return name
+
+
 def make_sampler(
     name: str, g: GraphArrays, device: torch.device, params: WalkParams = WalkParams()
 ) -> Frontier:
-    """'dgl', 'torch', or 'auto' (DGL when it loads, else torch). DGL samples on the CPU, whatever the
-    training device."""
-    if name == "auto":
-        name = "dgl" if dgl_available() else "torch"
+    """'dgl', 'torch', or 'auto' (see resolve_sampler). DGL samples on the CPU, whatever the training
+    device."""
+    name = resolve_sampler(name)
     if name == "dgl":
         return DGLPinSageSampler(g, params)
     if name == "torch":

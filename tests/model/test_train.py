@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -16,11 +15,10 @@ from recsys_tasks.config import ConfigError, Settings
 from recsys_tasks.errors import InputError
 from recsys_tasks.graph.arrays import load_arrays, save_arrays
 from recsys_tasks.graph.build import build_graph
-from recsys_tasks.graph.sequences import Sequences
 from recsys_tasks.model import rules
 from recsys_tasks.model import train as train_mod
-from recsys_tasks.model.metrics import evaluate_scorer
-from recsys_tasks.model.train import Validation, train
+from recsys_tasks.model.evaluate import LATEST_RULE, Baselines, leave_one_out, read_interactions, score_rule
+from recsys_tasks.model.train import train
 from tests.graph.test_graph_build import write_planted
 
 FAST = {"epochs": 3, "embed_dim": 16, "batch_size": 128, "lr": 0.01, "sampler": "torch", "device": "cpu"}
@@ -43,12 +41,9 @@ def test_learns_next_movie_structure_popularity_cannot(planted, settings: Settin
     g = load_arrays(graph.path)
     emb = np.load(result.out("embeddings.npy"))
     rule = json.loads(result.out("rule.json").read_text())
-    val = Validation.build(g, Sequences.from_graph(g), pd.read_parquet(processed.out("val.parquet")))
-    popularity = g.movie_degree().astype(np.float64)
-    pop = evaluate_scorer(
-        lambda rows: np.tile(popularity, (len(rows), 1)), np.arange(len(val.targets)), val.targets, val.seen
-    )
-    model = val.evaluate(emb, rule)
+    val = leave_one_out(processed.path, g.movie_ids, "val")
+    pop = Baselines.fit(read_interactions(processed.path, "train"), g.movie_ids, val.latest).score(val)["popularity"]
+    model = {"latest": score_rule(val, emb, LATEST_RULE), "history": score_rule(val, emb, rule)}
     assert pop["hr@10"] < 0.4
     assert model["latest"]["hr@10"] > pop["hr@10"] + 0.3
     assert model["history"]["hr@10"] > pop["hr@10"] + 0.3
