@@ -7,15 +7,16 @@ removed, as DGL's example removes (query, positive) edges, so a target cannot be
 neighbourhood. Two queries are trained: the latest movie alone (DGL's serving rule) and the served
 history rule, a weighted mean of the last HISTORY_LEN movies whose position weights are learned here
 and served from rule.json. Each is scored against the batch's targets plus `negatives` movies drawn
-uniformly, with a sampled softmax and the logQ correction (Yi et al. 2019), so a step costs the same
-whatever the catalog's size; `negatives=0` scores every movie (a full softmax). The user's recent
+uniformly, with a sampled softmax and the logQ correction (Yi et al. 2019), so a step's cost is bounded
+by the batch, not the catalog; `negatives=0` scores every movie (a full softmax). The user's recent
 movies are masked out, as evaluation excludes seen movies. Batches are sampled ahead of training in a
 background thread.
 
-Training runs in rounds of max(one pass over the examples, MIN_STEPS) updates, at most `epochs`
-rounds: after each round the served rule's validation HR@10 (the evaluate step's own evaluator)
-picks the round and stops training early. Launched by torchrun with several processes, it trains
-data-parallel (DistributedDataParallel): each process takes its share of every batch.
+Training runs to a budget in updates that fits the data: an epoch is one pass over the examples
+clamped to [MIN_STEPS, MAX_STEPS] updates, at most `epochs` of them; after each, the served rule's
+validation HR@10 (the evaluate step's own evaluator) picks the best epoch and stops training early.
+Launched by torchrun with several processes, it trains data-parallel (DistributedDataParallel): each
+process takes its share of every batch.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ log = get_logger(__name__)
 HISTORY_LEN = 20
 TEMPERATURE = 0.1
 MIN_STEPS = 100
+MAX_STEPS = 2000  # ~2 M examples at the default batch: ml-1m's pass is 960 updates, ml-25m's 24,000
 PATIENCE = 1  # epochs without a MIN_DELTA gain in validation HR@10 before stopping
 MIN_DELTA = 0.002  # on ml-1m an epoch costs ~2 CPU minutes; later epochs gain ~0.001
 INFER_WALKS = 100  # more walks when embedding for serving: steadier top-k neighbours
@@ -271,9 +273,10 @@ def fit(
         state = saved["state"]
         log.info("train: resuming after epoch %d from %s", state["epoch"], ckpt)
     amp = device.type == "cuda"
-    # a small catalog's pass is a handful of batches: repeat it so an epoch is at least MIN_STEPS updates
+    # an epoch is one pass, but at least MIN_STEPS updates (a small release's pass is a handful of
+    # batches) and at most MAX_STEPS (a large release is validated, and can stop, every MAX_STEPS updates)
     batch_size = min(settings.batch_size, len(positions))  # a batch larger than the data is the data
-    n_batches = max(-(-len(positions) // batch_size), MIN_STEPS)
+    n_batches = min(max(-(-len(positions) // batch_size), MIN_STEPS), MAX_STEPS)
     passes = -(-n_batches * batch_size // len(positions))
     share = -(-batch_size // processes)  # this process's part of every batch
     while state["epoch"] < settings.epochs and state["bad"] < PATIENCE:
