@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from recsys_tasks.config import ConfigError
+from recsys_tasks.graph import sampler as sampler_mod
 from recsys_tasks.graph.arrays import GraphArrays
 from recsys_tasks.graph.build import graph_arrays
 from recsys_tasks.graph.sampler import (
@@ -13,6 +15,7 @@ from recsys_tasks.graph.sampler import (
     TorchPinSageSampler,
     WalkParams,
     make_sampler,
+    resolve_sampler,
     sample_blocks,
 )
 from tests.graph.test_graph_build import write_planted
@@ -128,3 +131,29 @@ def test_blocks_nest_like_dgl_blocks(planted: GraphArrays, name: str) -> None:
     assert torch.equal(again.input_nodes, blocks.input_nodes)  # seeded: the same sample again
     big = sample_blocks(make_sampler(name, planted, torch.device("cpu")), seeds, 2, seed=2**31 - 1)
     assert torch.equal(big.output_nodes, seeds)
+
+
+@pytest.mark.parametrize("name", ["torch", "dgl"])
+def test_excluded_pairs_never_appear_in_any_layer(planted: GraphArrays, name: str) -> None:
+    seeds = torch.arange(planted.n_movies)
+    sampler = make_sampler(name, planted, torch.device("cpu"))
+    full = sample_blocks(sampler, seeds, 2, seed=4)
+    src, dst = (full.input_nodes[full.layers[-1].src], full.input_nodes[full.layers[-1].dst])
+    pairs = torch.stack([src[:5], dst[:5]], 1)  # five edges the unrestricted sample has
+    m = planted.n_movies
+    exclude = torch.cat([pairs[:, 0] * m + pairs[:, 1], pairs[:, 1] * m + pairs[:, 0]])
+    blocks = sample_blocks(sampler, seeds, 2, seed=4, exclude=exclude)
+    for layer in blocks.layers:
+        edges = blocks.input_nodes[layer.src] * m + blocks.input_nodes[layer.dst]
+        assert not torch.isin(edges, exclude).any()
+    assert torch.equal(blocks.output_nodes, seeds)
+
+
+def test_auto_resolves_to_the_sampler_used_and_dgl_without_dgl_is_a_config_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    assert resolve_sampler("auto") == ("dgl" if sampler_mod.dgl_available() else "torch")
+    assert resolve_sampler("torch") == "torch"
+    monkeypatch.setattr(sampler_mod, "dgl_available", lambda: False)  # as on a GPU box with a newer torch
+    assert resolve_sampler("auto") == "torch"
+    with pytest.raises(ConfigError, match="'dgl' was requested but DGL cannot be imported"):
+        resolve_sampler("dgl")

@@ -1,4 +1,6 @@
-"""Training on planted next-movie structure: it learns, it resumes after a crash, it refuses bad input."""
+"""Training on planted next-movie structure: it learns (sampled or full softmax), a step embeds only its
+batch without its (history, target) edges, the sampler is keyed as resolved, it resumes after a crash,
+it refuses bad input."""
 
 from __future__ import annotations
 
@@ -15,10 +17,12 @@ from recsys_tasks.config import ConfigError, Settings
 from recsys_tasks.errors import InputError
 from recsys_tasks.graph.arrays import load_arrays, save_arrays
 from recsys_tasks.graph.build import build_graph
+from recsys_tasks.graph.sampler import TorchPinSageSampler, resolve_sampler
+from recsys_tasks.graph.sequences import Sequences
 from recsys_tasks.model import rules
 from recsys_tasks.model import train as train_mod
 from recsys_tasks.model.evaluate import LATEST_RULE, Baselines, leave_one_out, read_interactions, score_rule
-from recsys_tasks.model.train import train
+from recsys_tasks.model.train import HISTORY_LEN, Batches, train
 from tests.graph.test_graph_build import write_planted
 
 FAST = {"epochs": 3, "embed_dim": 16, "batch_size": 128, "lr": 0.01, "sampler": "torch", "device": "cpu"}
@@ -35,9 +39,10 @@ def planted(tmp_path: Path, settings: Settings) -> tuple[StepResult, StepResult]
     return processed, build_graph(processed, settings.artifacts)
 
 
-def test_learns_next_movie_structure_popularity_cannot(planted, settings: Settings) -> None:
+@pytest.mark.parametrize("negatives", [8, 0], ids=["sampled softmax", "full softmax"])
+def test_learns_next_movie_structure_popularity_cannot(planted, settings: Settings, negatives: int) -> None:
     processed, graph = planted
-    result = train(processed, graph, settings.replace(**FAST))
+    result = train(processed, graph, settings.replace(**FAST, negatives=negatives))
     g = load_arrays(graph.path)
     emb = np.load(result.out("embeddings.npy"))
     rule = json.loads(result.out("rule.json").read_text())
@@ -127,3 +132,30 @@ def test_cuda_without_a_gpu_is_a_config_error(planted, settings: Settings) -> No
     processed, graph = planted
     with pytest.raises(ConfigError, match="cuda.*no CUDA GPU"):
         train(processed, graph, settings.replace(**{**FAST, "device": "cuda"}))
+
+
+def test_a_step_embeds_only_its_batch_and_never_sees_history_target_edges(planted) -> None:
+    g = load_arrays(planted[1].path)
+    seqs = Sequences.from_graph(g)
+    positions = seqs.targets()
+    batches = Batches(seqs, TorchPinSageSampler(g), 2, positions, negatives=4)
+    b = batches.make(positions[:3], seed=7)
+    nodes = b.blocks.output_nodes
+    window = seqs.windows(positions[:3], HISTORY_LEN)
+    needed = set(window[0][window[1]].tolist()) | set(seqs.items[positions[:3]].tolist())
+    assert needed <= set(nodes.tolist()) and len(nodes) <= len(needed) + 4 < g.n_movies
+    assert len(b.candidates) <= 3 + 4 and (b.log_q <= 0).all()  # log of a probability
+    assert torch.equal(nodes[b.target], torch.as_tensor(seqs.items[positions[:3]]))
+    edges = {(s_, d_) for layer in b.blocks.layers
+             for s_, d_ in zip(b.blocks.input_nodes[layer.src].tolist(), b.blocks.input_nodes[layer.dst].tolist())}
+    for history, valid, target in zip(*window, seqs.items[positions[:3]].tolist()):
+        for h in history[valid].tolist():
+            assert (h, target) not in edges and (target, h) not in edges
+
+
+def test_auto_sampler_is_keyed_as_the_sampler_it_resolves_to(planted, settings: Settings) -> None:
+    processed, graph = planted
+    auto = train(processed, graph, settings.replace(**{**FAST, "epochs": 1, "sampler": "auto"}))
+    assert auto.manifest["params"]["sampler"] == resolve_sampler("auto")
+    explicit = train(processed, graph, settings.replace(**{**FAST, "epochs": 1, "sampler": resolve_sampler("auto")}))
+    assert explicit.skipped and explicit.key == auto.key
