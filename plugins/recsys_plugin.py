@@ -6,8 +6,9 @@
                   curve, test HR@10 over the model versions, and a movie search that shows
                   recommendations (it calls /recsys with fetch()).
 
-Both apps answer only authenticated Airflow users who may read the DAG's runs (viewers included):
-a bearer JWT from `POST /auth/token` or the UI session (`recsys_airflow.auth`). The stores are the
+Both apps answer only authenticated Airflow users: reads to those who may read the DAG's runs
+(viewers included), writes (recording ratings) only to those who may edit them; a bearer JWT from
+`POST /auth/token` or the UI session (`recsys_airflow.auth`). The stores are the
 ones the tasks use: the Airflow connections `recsys_mysql` / `recsys_milvus` first, then `RECSYS_*`
 (`recsys_airflow.stores`), resolved once per API server process. Heavy imports (the recsys stores,
 pymilvus, numpy) happen when the API server starts or a request arrives, never when the scheduler or
