@@ -1,7 +1,7 @@
 """PinSage training on a real release through the pipeline's own steps: epochs, time, every method.
 
     .venv/bin/python bench/train_ml1m.py [--data ../shared/data/ml-1m] [--home DIR] [--epochs N]
-        [--negatives N] [--batch-size N] [--device auto|cpu|cuda] [--sampler auto|dgl|torch] [--threads N]
+        [--negatives N] [--batch-size N] [--lr X] [--embed-dim N] [--device auto|cpu|cuda] [--sampler auto|dgl|torch] [--threads N]
         [--plot FILE]
 
 Runs recsys_tasks.pipeline up to evaluate (ingest with --skip-checksum, the data gates, preprocess,
@@ -42,6 +42,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--negatives", type=int)
     ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--lr", type=float)
+    ap.add_argument("--embed-dim", type=int)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--sampler", default="auto")
     ap.add_argument("--threads", type=int, default=2)
@@ -50,7 +52,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     home = args.home or Path(tempfile.mkdtemp(prefix="recsys-bench-"))
     s = load_settings(home=home, snapshot=str(args.data), skip_checksum=True, epochs=args.epochs,
-                      negatives=args.negatives, batch_size=args.batch_size, device=args.device,
+                      negatives=args.negatives, batch_size=args.batch_size, lr=args.lr, embed_dim=args.embed_dim,
+                      device=args.device,
                       sampler=args.sampler)
     started = time.perf_counter()
     results = pipeline.run(s, until="evaluate")
