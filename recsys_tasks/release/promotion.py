@@ -48,15 +48,15 @@ class Release:
         name = collection_name(version)
         return self.store.exists(name) and self.store.is_complete(name, self.store.row_count(name))
 
-    def reconcile(self) -> str | None:
-        """Bring the registry in line with the alias (the commit point); returns the version repaired."""
+    def reconcile(self) -> tuple[str, str | None] | None:
+        """Bring the registry in line with the alias (the commit point); when it repaired anything, returns
+        (the version the alias serves, now active; the version that was active, now retired)."""
         live, active = self.live_version(), self.registry.active()
         if live is None or (active and active["version"] == live) or self.registry.get(live) is None:
             return None
         log.warning("registry says %s is active but the alias serves %s: completing that switch",
                     active and active["version"], live)
-        self.registry.activate(live, "reconcile", reason=f"replaced by {live}")
-        return live
+        return live, self.registry.activate(live, "reconcile", reason=f"replaced by {live}")
 
     def serve(self, version: str, action: str, reason: str) -> str | None:
         """Alias first, then the registry (call under `lock`); returns the version it replaced."""
@@ -128,13 +128,15 @@ def rejudged(settings: Settings, release: Release, gated: StepResult) -> str | N
 
 def promote(settings: Settings, gated: StepResult, loaded: StepResult) -> StepResult:
     """Serve the candidate if the promotion rules allow it. `moved` in the result says whether the alias
-    switched in this run (what the DAG's live-model Asset event follows)."""
+    switched in this run, or in an earlier attempt of this same promotion that died before its registry
+    update, which this run completed (what the DAG's live-model Asset event follows)."""
     version, name = str(loaded.manifest["model_version"]), str(loaded.manifest["collection"])
     release = Release(settings)
 
     def build(tmp: Path) -> dict[str, Any]:
         with release.lock():
-            repaired = release.reconcile()
+            before = release.registry.get(version)
+            repair = release.reconcile()
             row = release.registry.get(version)
             if row is None:
                 raise InputError(f"model version {version} is not in the registry (run load_catalog first)",
@@ -144,7 +146,12 @@ def promote(settings: Settings, gated: StepResult, loaded: StepResult) -> StepRe
             if not release.store.is_complete(name, int(loaded.manifest["counts"]["vectors"])):
                 raise GateFailure(f"{name} is not complete; run load_vectors again", rule="collection_complete")
             previous, dropped, moved = None, [], False
-            if row["status"] == "active" and release.live_version() == version:
+            if repair and repair[0] == version and before and before["status"] == "candidate":
+                # this version's own promotion died between its alias switch and the registry update: the
+                # repair completed it, so this promote (its retry) is the one that put the version live
+                held, previous, moved = None, repair[1], True
+                dropped = release.retain(settings.keep_versions)
+            elif row["status"] == "active" and release.live_version() == version:
                 held = "already live"
             else:
                 held = None if row["status"] == "active" else holdback(row, release.registry.active())
@@ -158,7 +165,7 @@ def promote(settings: Settings, gated: StepResult, loaded: StepResult) -> StepRe
                     previous = release.serve(version, "promote", reason=f"replaced by {version}")
                     moved, dropped = True, release.retain(settings.keep_versions)
         outcome = {"live": release.live_version(), "moved": moved, "previous": previous, "held_back": held,
-                   "dropped": dropped, "repaired": repaired}
+                   "dropped": dropped, "repaired": repair and repair[0]}
         write_json(tmp / "promotion.json", outcome)
         return {"model_version": version, "collection": name, **outcome}
 

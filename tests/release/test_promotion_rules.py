@@ -1,12 +1,14 @@
 """The promotion rules on real stores, with model versions in the artifact contract formats:
 backfill re-runs of older dates, corrected titles, rollback, a crash between alias switch and
-registry update, store addresses spelled another way, force, retention, smoke-test retries."""
+registry update (of a version served before, and of a never-served candidate's first promotion), store
+addresses spelled another way, force, retention, smoke-test retries."""
 
 from __future__ import annotations
 
 import pytest
 
 from recsys_tasks import pipeline
+from recsys_tasks.artifacts import StepResult
 from recsys_tasks.config import Settings
 from recsys_tasks.errors import GateFailure, InputError
 from recsys_tasks.release import smoke
@@ -16,7 +18,7 @@ from recsys_tasks.serving.recommend import recommend_similar
 from recsys_tasks.stores.catalog import Catalog
 from recsys_tasks.stores.milvus import SOURCE, VectorStore, collection_name
 from tests.fixtures_stores import Release as Version
-from tests.fixtures_stores import make_release, make_settings, ship, write_processed
+from tests.fixtures_stores import gate, make_release, make_settings, ship, write_processed
 
 FLOWS = [pytest.param(("lite", "sqlite"), id="lite-sqlite"),
          pytest.param(("server", "mariadb"), id="server-mariadb", marks=pytest.mark.mysql)]
@@ -208,3 +210,93 @@ def test_the_smoke_test_evaluates_the_served_path(stores: Settings) -> None:
     assert failure.value.rule == "smoke_test" and "recall@10" in str(failure.value)
     assert Registry(Catalog.from_settings(stores)).get(drifted.version)["status"] == "rejected"
     assert status(stores)["live"]["model_version"] == good.version
+
+
+class Killed(BaseException):
+    """The process dies here (not an error anything would catch)."""
+
+
+def _killed_after_the_alias_switch(stores: Settings, monkeypatch: pytest.MonkeyPatch
+                                   ) -> tuple[Version, Version, dict[str, StepResult]]:
+    """v1 live; v2, newer and never served, passes every gate; its promote switches the alias to v2 and
+    the process dies before the registry update. Returns (v1, v2, v2's steps but promote)."""
+    v1 = make_release(stores, "one", processed=write_processed(stores, tag="one", newest=1_000))
+    first = ship(stores, v1)["promote"]
+    assert moved(first)
+    v2 = make_release(stores, "two", processed=write_processed(stores, tag="two", newest=2_000))
+    steps = {"quality_gate": gate(stores, v2)}
+    steps["load_vectors"] = pipeline.load_vectors(stores, v2.exported, v2.processed)
+    steps["load_catalog"] = pipeline.load_catalog(stores, v2.processed, v2.evaluated)
+    steps["smoke_test"] = pipeline.smoke_test(stores, steps["load_vectors"], v2.exported, v2.processed, v2.graph)
+    activate = Registry.activate
+
+    def dies_when_promoting(self: Registry, version: str, action: str, reason: str) -> str | None:
+        if action == "promote":
+            raise Killed
+        return activate(self, version, action, reason)  # type: ignore[arg-type]
+
+    with monkeypatch.context() as m, pytest.raises(Killed):
+        m.setattr(Registry, "activate", dies_when_promoting)
+        pipeline.promote(stores, steps["quality_gate"], steps["load_vectors"])
+    assert [p.name for p in (stores.artifacts / "promote").iterdir()] == [first.key]  # v2's promote never finished
+    # what it leaves: the alias serves v2, the registry says v1 is active and v2 a candidate never served
+    registry = Registry(Catalog.from_settings(stores))
+    assert registry.active()["version"] == v1.version
+    assert registry.get(v2.version)["status"] == "candidate" and registry.get(v2.version)["promoted_at"] is None
+    assert recommend_similar(stores, int(v2.ids[3]), 3)["model_version"] == v2.version  # serving follows the alias
+    st = status(stores)  # status only reports it (it changes nothing)
+    assert not st["registry_agrees"] and st["live"]["model_version"] == v2.version
+    assert st["live"]["status"] == "candidate"
+    return v1, v2, steps
+
+
+def _completed(stores: Settings, v1: Version, v2: Version) -> None:
+    """The registry caught up with the alias: v2 active and first promoted, v1 retired by that switch."""
+    registry = Registry(Catalog.from_settings(stores))
+    one, two = registry.get(v1.version), registry.get(v2.version)
+    assert two["status"] == "active" and two["promoted_at"] is not None and two["activated_at"] is not None
+    assert one["status"] == "retired" and one["retired_at"] is not None and one["reason"] == f"replaced by {v2.version}"
+    _agree(stores)
+
+
+@pytest.mark.parametrize("stores", FLOWS, indirect=True)
+def test_an_interrupted_promotion_is_completed_by_the_next_promote(stores: Settings,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    v1, v2, steps = _killed_after_the_alias_switch(stores, monkeypatch)
+    again = pipeline.promote(stores, steps["quality_gate"], steps["load_vectors"])  # the task's retry
+    _completed(stores, v1, v2)
+    assert again.manifest["repaired"] == v2.version and again.manifest["live"] == v2.version
+    assert moved(again) and again.manifest["previous"] == v1.version  # v2 went live with this promote
+    assert status(stores)["live"]["status"] == "active"
+    assert pipeline.promote(stores, steps["quality_gate"], steps["load_vectors"]).skipped  # and now it is done
+
+
+def test_an_interrupted_promotion_is_completed_before_a_rollback(stores: Settings,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    v1, v2, steps = _killed_after_the_alias_switch(stores, monkeypatch)
+    back = rollback(stores)  # completes the switch to v2 first, then rolls back from v2 to v1
+    assert back == {"model_version": v1.version, "collection": collection_name(v1.version),
+                    "previous": v2.version, "changed": True}
+    registry = Registry(Catalog.from_settings(stores))
+    assert registry.active()["version"] == v1.version
+    assert registry.get(v2.version)["status"] == "retired" and registry.get(v2.version)["promoted_at"] is not None
+    _agree(stores)
+    # v2 was served (by the alias) before the rollback: its promote's retry never serves it again
+    held = pipeline.promote(stores, steps["quality_gate"], steps["load_vectors"])
+    assert not moved(held) and status(stores)["live"]["model_version"] == v1.version
+    _agree(stores)
+
+
+def test_an_interrupted_promotion_is_completed_by_the_next_run(stores: Settings,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    v1, v2, _ = _killed_after_the_alias_switch(stores, monkeypatch)
+    v3 = make_release(stores, "three", processed=write_processed(stores, tag="three", newest=3_000))
+    promoted = ship(stores, v3)["promote"]
+    assert moved(promoted) and promoted.manifest["repaired"] == v2.version
+    assert promoted.manifest["previous"] == v2.version  # v3 replaced what was served: v2, not v1
+    registry = Registry(Catalog.from_settings(stores))
+    assert registry.active()["version"] == v3.version
+    two = registry.get(v2.version)
+    assert two["status"] == "retired" and two["promoted_at"] is not None
+    assert registry.get(v1.version)["status"] == "retired"
+    _agree(stores)
