@@ -4,12 +4,17 @@
                quality_gate / smoke_test
    candidate ───────────────────────────► rejected
       │
-      │ promote                 rollback
-      ▼                       ┌──────────┐
-    active ──────────────────►│ retired  │
-      ▲   promote / rollback  └────┬─────┘
-      └────────────────────────────┘ rollback (only)
+      │ promote*
+      ▼        promote* / rollback*    ┌─────────┐
+    active ───────────────────────────►│ retired │
+      ▲                                └────┬────┘
+      └─────────────────────────────────────┘ rollback*
+
+   * or reconcile, completing that very change after the alias switch
 ```
+
+`reconcile` only repairs the registry to match the alias, which only a promotion or a rollback moves (and
+a promotion never to a version served before), so retired -> active is still rollback only.
 
 Every change goes through `Registry`, which refuses an illegal transition (IllegalTransition) and
 applies each legal one as a compare-and-set in the catalog database, so two processes can never both
