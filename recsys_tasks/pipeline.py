@@ -21,9 +21,13 @@ Kind = Literal["gate", "io", "compute"]
 
 
 def ingest(s: Settings) -> StepResult:
+    """The release the settings name; a dated source (a backfill's folder of dated snapshots) gives the
+    newest snapshot at or before the run date (the newest of all without one), as the DAG resolves it."""
     from recsys_tasks.data.ingest import UnzipLimits, ingest_snapshot
+    from recsys_tasks.data.snapshots import resolve_snapshot
 
-    return ingest_snapshot(s.snapshot, s.artifacts, downloads=s.home / "downloads", skip_checksum=s.skip_checksum,
+    snapshot = resolve_snapshot(s.snapshot, s.resolved_run_date if s.run_date else None)
+    return ingest_snapshot(snapshot, s.artifacts, downloads=s.home / "downloads", skip_checksum=s.skip_checksum,
                            force=s.force, unzip_limits=UnzipLimits(s.unzip_max_bytes, s.unzip_max_ratio))
 
 

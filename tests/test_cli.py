@@ -49,3 +49,20 @@ def test_missing_snapshot_is_bad_input(tmp_path: Path, capsys: pytest.CaptureFix
     missing = tmp_path / "no-such-release"
     assert main(["ingest", "--snapshot", str(missing), "--home", str(tmp_path), "--json"]) == 2
     assert str(missing) in _last_json(capsys)["message"]
+
+
+def test_run_on_a_dated_source_reads_the_snapshot_of_its_run_date(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from recsys_tasks.artifacts import load_result
+    from recsys_tasks.data.synthetic import write_snapshot
+
+    dated = tmp_path / "snapshots"
+    write_snapshot(dated / "2026-11-01", n_users=40, seed=1)
+    write_snapshot(dated / "2026-11-08", n_users=60, seed=2)
+    users = {}
+    for day in ("2026-11-03", "2026-11-09"):
+        assert main(["run", "--snapshot", str(dated), "--run-date", day, "--until", "ingest", "--skip-checksum",
+                     "--home", str(tmp_path / "home"), "--json"]) == 0
+        ingested = load_result(_last_json(capsys)["steps"]["ingest"]["path"])
+        users[day] = ingested.manifest["counts"]["users"]
+    assert users == {"2026-11-03": 40, "2026-11-09": 60}
