@@ -138,7 +138,7 @@ def release(cfg: Any, upstream: dict[str, Any]) -> None:
         "embed_dim": Param(None, type=["null", "integer"], minimum=4, maximum=1024, title="Embedding size",
                            description="Embedding dimension. Empty: RECSYS_EMBED_DIM or 64."),
         "lr": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=1, title="Learning rate",
-                    description="Adam learning rate. Empty: RECSYS_LR or 0.003."),
+                    description="Adam learning rate. Empty: RECSYS_LR or 0.01."),
         "device": Param(None, type=["null", "string"], enum=[None, "auto", "cpu", "cuda"], title="Device",
                         description="Training device; auto uses CUDA when present. Empty: RECSYS_DEVICE or auto."),
         "sampler": Param(None, type=["null", "string"], enum=[None, "auto", "dgl", "torch"],
