@@ -13,6 +13,8 @@ script also retrains the model as a nightly run at each cut-off T would: it writ
 before T (ratings and users before T, same layout), runs the pipeline's steps up to train on it, and scores
 those embeddings on the full release's time split with model.evaluate.score_vectors: the honest pinsage
 rows of the time split ("retrained at T").
+It then runs the release steps up to smoke_test into the home's own stores (Milvus Lite, SQLite) and prints
+the served-path check: HR@10 of the served rule through Milvus' HNSW search against exact search, and recall@10.
 Last line: one JSON object with every figure (also written to --json).
 """
 
@@ -39,6 +41,7 @@ from recsys_tasks import pipeline
 from recsys_tasks.artifacts import StepResult, read_json
 from recsys_tasks.config import Settings, load_settings
 from recsys_tasks.data.formats import find_release
+from recsys_tasks.errors import GateFailure
 from recsys_tasks.model.evaluate import LATEST_RULE, SERVED, score_vectors
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -59,6 +62,16 @@ def run_pipeline(s: Settings, until: str) -> tuple[dict[str, StepResult], dict[s
         clock[:] = [wall, cpu]
 
     return pipeline.run(s, until=until, on_step=on_step), timings
+
+
+def served_path(s: Settings) -> dict[str, Any]:
+    """The smoke test's check of what is served against what was evaluated: the pipeline's release steps
+    (export, load, smoke_test) into this home's own stores; only a model the quality gate passes gets there."""
+    try:
+        results, _ = run_pipeline(s, "smoke_test")
+    except GateFailure as exc:
+        return {"failed": str(exc)}
+    return results["smoke_test"].manifest["served_path"]
 
 
 def write_release_before(source: Path, cutoff: int, out: Path) -> Path:
@@ -139,6 +152,7 @@ def bench_release(data: Path, home: Path, args: argparse.Namespace) -> dict[str,
                               "time_split": ts}
     if not args.no_retrain:
         report["retrained"] = retrained_at_cutoffs(s, data, results, ts["cutoffs"])
+    report["served_path"] = served_path(s)
 
     print(f"\n===== {data.name}  model {man['model_version']}  ({man['counts']['movies']} movies)")
     for split in ("val", "test"):
@@ -152,6 +166,12 @@ def bench_release(data: Path, home: Path, args: argparse.Namespace) -> dict[str,
             rows = report["retrained"][split]["metrics"] | rows
         print_table(f"time split, {split} (cut-off {ts['cutoffs'][split]}, "
                     f"{ts['counts'][split]['new_users']} new users not scored)", rows)
+    path = report["served_path"]
+    if "recall@10" in path:
+        print(f"\nserved path (smoke_test, {path['users']} test users): HR@10 through Milvus HNSW "
+              f"{path['served_hr@10']:.4f}, by exact search {path['exact_hr@10']:.4f}, recall@10 {path['recall@10']:.3f}")
+    else:
+        print(f"\nserved path: not reached or failed: {path['failed']}")
     loo = man["protocols"]["leave_one_out"]
     print(f"\nleave-one-out leak: {loo['train_ratings_after_heldout']['test']['mean']:.1%} of a test movie's train "
           f"ratings postdate the test event (val: {loo['train_ratings_after_heldout']['val']['mean']:.1%}); "
