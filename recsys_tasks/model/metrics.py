@@ -11,10 +11,7 @@ names both and a multi-target protocol would tell them apart.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
-import scipy.sparse as sp
 
 CUTOFFS = (10, 20)
 METRIC_KEYS = ("hr@10", "hr@20", "ndcg@10", "ndcg@20", "recall@10", "recall@20", "mrr")
@@ -45,12 +42,6 @@ def ranks_excluding(scores: np.ndarray, targets: np.ndarray, seen_rows: np.ndarr
     return ranks
 
 
-def target_ranks(scores: np.ndarray, targets: np.ndarray, seen: sp.csr_matrix) -> np.ndarray:
-    """`ranks_excluding` with the seen items as a CSR matrix [n, n_items] (the target must not be seen)."""
-    rows, cols = seen.nonzero()
-    return ranks_excluding(scores, targets, rows, cols)
-
-
 def metrics_from_ranks(ranks: np.ndarray) -> dict[str, float]:
     """HR, NDCG and Recall at 10 and 20 and MRR averaged over users (rank inf: a miss), and the user count."""
     ranks = np.asarray(ranks, dtype=np.float64)
@@ -65,16 +56,3 @@ def metrics_from_ranks(ranks: np.ndarray) -> dict[str, float]:
     out["mrr"] = float(np.mean(1.0 / ranks))  # 1 / inf = 0 for a miss
     return {key: out[key] for key in METRIC_KEYS} | {"users": int(ranks.size)}
 
-
-def evaluate_scorer(score_batch: Callable[[np.ndarray], np.ndarray], users: np.ndarray, targets: np.ndarray,
-                    seen: sp.csr_matrix, batch_size: int = 1024) -> dict[str, float]:
-    """Metrics for a scorer: score_batch(user_rows) -> [len(user_rows), n_items] scores.
-
-    users: row indices into `seen` (one per evaluated user); targets: the held-out item index of each.
-    (The evaluate step's own path is `recsys_tasks.model.evaluate.rank_users`, on a Heldout.)
-    """
-    ranks = []
-    for start in range(0, len(users), batch_size):
-        rows = users[start:start + batch_size]
-        ranks.append(target_ranks(score_batch(rows), targets[start:start + batch_size], seen[rows]))
-    return metrics_from_ranks(np.concatenate(ranks) if ranks else np.array([]))
