@@ -30,8 +30,12 @@ demo: install
 ui: install
 	scripts/airflow-ui.sh
 
+# The suite on one pytest-xdist worker per core (at most 4), a test file to a worker, the slow files dealt
+# first (tests/conftest.py). TEST_WORKERS=0: all in this process.
+TEST_WORKERS ?= auto
+
 test: install browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --maxprocesses 4 --dist loadfile --no-loadscope-reorder
 
 # Headless Chromium for the plugin's browser test (Debian packages; needs root, as in CI).
 browser:

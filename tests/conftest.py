@@ -13,11 +13,13 @@ os.environ.setdefault("DGLBACKEND", "pytorch")
 REPO = Path(__file__).resolve().parents[1]
 
 # Airflow reads its configuration when first imported, so its home is set at collection time: one
-# throwaway home (SQLite metadata DB) per test session for the DAG and plugin tests, never ~/airflow.
-if "RECSYS_TEST_AIRFLOW_HOME" not in os.environ:
-    os.environ["RECSYS_TEST_AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="recsys-airflow-")
+# throwaway home (SQLite metadata DB) per test process for the DAG and plugin tests, never ~/airflow.
+# pytest-xdist workers inherit the controller's environment, so each names its own (one SQLite writer each).
+HOME_VARIABLE = f"RECSYS_TEST_AIRFLOW_HOME_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
+if HOME_VARIABLE not in os.environ:
+    os.environ[HOME_VARIABLE] = tempfile.mkdtemp(prefix="recsys-airflow-")
 os.environ.update({
-    "AIRFLOW_HOME": os.environ["RECSYS_TEST_AIRFLOW_HOME"],
+    "AIRFLOW_HOME": os.environ[HOME_VARIABLE],
     "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
     "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
     "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
@@ -51,3 +53,9 @@ def _quick_smoke_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     from recsys_tasks.release import smoke
 
     monkeypatch.setattr(smoke, "RETRY_WAIT_S", 0.01)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow tests first (a stable sort): `make test` deals test files to pytest-xdist workers in this
+    order, so the long ones start at once and the short ones fill in until every worker ends."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

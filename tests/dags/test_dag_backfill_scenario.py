@@ -94,6 +94,7 @@ def _all(state: str, **other: str) -> dict[str, str]:
     return {**{s: state for s in ("resolve_config", *NAMES)}, **other}
 
 
+@pytest.mark.slow
 def test_backfill_rerun_rollback_and_rerun_through_the_dag(pipeline: Pipeline) -> None:
     from recsys_tasks.stores.catalog import Catalog
 

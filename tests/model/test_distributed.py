@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO
 
 BIN = Path(sys.executable).parent
@@ -32,6 +34,7 @@ def _train_manifests(home: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((home / "artifacts" / "train").glob("*/manifest.json"))]
 
 
+@pytest.mark.slow
 def test_two_processes_train_one_model_as_well_as_one_process(tmp_path: Path) -> None:
     home = tmp_path / "home"
     _run([str(BIN / "recsys"), *TRAIN], home)

@@ -10,10 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
+@pytest.mark.slow
 def test_demo_offline_fails_at_once_with_a_short_summary(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RECSYS_"))}
     env.update({"PATH": f"{BIN}{os.pathsep}{env['PATH']}", "AIRFLOW_HOME": str(tmp_path / "airflow"),

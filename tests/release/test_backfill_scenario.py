@@ -110,6 +110,7 @@ def _registry(home: Path) -> dict[str, str]:
     return {c["model_version"]: c["status"] for c in st["collections"]}
 
 
+@pytest.mark.slow
 def test_backfill_rerun_rollback_and_rerun_on_ml100k(snapshots: dict[str, Path], tmp_path: Path) -> None:
     home = tmp_path / "home"
 

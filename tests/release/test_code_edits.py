@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from recsys_tasks.data.synthetic import write_snapshot
 
 PACKAGE = Path(__file__).resolve().parents[2] / "recsys_tasks"
@@ -37,6 +39,7 @@ def _edit(path: Path, line: str) -> None:
     path.write_text(path.read_text() + f"\n{line}\n")
 
 
+@pytest.mark.slow
 def test_a_serving_edit_reruns_nothing_and_a_gate_edit_reruns_only_gates(tmp_path: Path) -> None:
     copy = tmp_path / "src"
     shutil.copytree(PACKAGE, copy / "recsys_tasks", ignore=shutil.ignore_patterns("__pycache__"))

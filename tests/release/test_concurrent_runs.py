@@ -26,6 +26,8 @@ from tests.fixtures_stores import make_settings, server_database
 TRAIN = ["--epochs", "2", "--embed-dim", "16", "--batch-size", "128", "--device", "cpu", "--skip-checksum"]
 ALWAYS_RUN = {"smoke_test"}  # it checks the stores as they are now, in every run
 
+pytestmark = pytest.mark.slow
+
 
 def _start(settings: Settings, snapshot: Path, day: str) -> subprocess.Popen:
     env = {**os.environ, "RECSYS_HOME": str(settings.home), "RECSYS_MILVUS_URI": settings.milvus_uri,

@@ -260,6 +260,7 @@ FOLLOW_UPS = [("new_snapshot", 0), ("crash", 0), ("force", 1), ("crash", 1), ("r
 FIRST_CRASH = [("crash", 0), ("rollback", 0), ("new_snapshot", 0)]
 
 
+@pytest.mark.slow
 @settings(max_examples=12, derandomize=True, database=None, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(steps=STEPS, expected=st.none())
