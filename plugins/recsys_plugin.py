@@ -10,8 +10,9 @@ Both apps answer only authenticated Airflow users: reads to those who may read t
 (viewers included), writes (recording ratings) only to those who may edit them; a bearer JWT from
 `POST /auth/token` or the UI session (`recsys_airflow.auth`). The stores are the
 ones the tasks use: the Airflow connections `recsys_mysql` / `recsys_milvus` first, then `RECSYS_*`
-(`recsys_airflow.stores`), resolved once per API server process. Heavy imports (the recsys stores,
-pymilvus, numpy) happen when the API server starts or a request arrives, never when the scheduler or
+(`recsys_airflow.stores`), resolved at the first request and re-read every few seconds (a connection
+added while the API server runs takes effect without a restart). Heavy imports (the recsys stores,
+pymilvus, numpy) happen when a request arrives, never when the scheduler or
 a worker loads plugins. Airflow only mounts these apps in its API server.
 """
 
@@ -22,50 +23,45 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
+import anyio.to_thread
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import FileResponse, Response
 from recsys_airflow.auth import RequireDagReader
+from recsys_airflow.stores import LiveStores
 
 from recsys_tasks.pipeline import GATES
 
 PAGE = Path(__file__).resolve().parent / "recsys_ui" / "index.html"
 
 
-def _resolve_settings():  # -> recsys_tasks.config.Settings
-    from recsys_airflow.stores import settings
-
-    return settings()
-
-
-@asynccontextmanager
-async def _build_serving_api(app: FastAPI) -> AsyncIterator[None]:
-    """Build the serving app when the API server starts (Airflow runs mounted apps' lifespans)."""
+def _serving_app(settings: Any) -> Any:
     from recsys_tasks.serving.api import create_app
 
-    app.state.serving = create_app(_resolve_settings())
-    yield
+    return create_app(settings)
 
 
 @asynccontextmanager
-async def _resolve_stores(app: FastAPI) -> AsyncIterator[None]:
-    app.state.settings = _resolve_settings()
+async def _stores(app: FastAPI) -> AsyncIterator[None]:
+    """Each start of the API server (Airflow runs mounted apps' lifespans) resolves the stores anew, lazily."""
+    app.state.stores = LiveStores(build=_serving_app)
     yield
 
 
-def _settings():  # -> recsys_tasks.config.Settings: the view's, resolved when the API server started
-    return ui_app.state.settings
+def _settings():  # -> recsys_tasks.config.Settings: the view's, resolved as the API's
+    return ui_app.state.stores.settings()
 
 
 async def _serving_api(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    await api_app.state.serving(scope, receive, send)  # the app the latest startup built
+    # resolving may read the metadata DB and build the app (imports): off the event loop
+    serving = await anyio.to_thread.run_sync(api_app.state.stores.built)
+    await serving(scope, receive, send)
 
 
-api_app = FastAPI(title="movielens-recsys API (Airflow plugin)", lifespan=_build_serving_api,
-                  docs_url=None, redoc_url=None, openapi_url=None)
+api_app = FastAPI(title="movielens-recsys API (Airflow plugin)", lifespan=_stores, docs_url=None, redoc_url=None,
+                  openapi_url=None)
 api_app.mount("/", _serving_api)
-ui_app = FastAPI(title="movielens-recsys view", lifespan=_resolve_stores, docs_url=None, redoc_url=None,
-                 openapi_url=None)
+ui_app = FastAPI(title="movielens-recsys view", lifespan=_stores, docs_url=None, redoc_url=None, openapi_url=None)
 for _app in (api_app, ui_app):
     _app.add_middleware(RequireDagReader)
 

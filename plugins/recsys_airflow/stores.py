@@ -10,15 +10,22 @@ their settings from `settings()`, so they read and write the same catalog and th
   `RECSYS_MILVUS_TOKEN` (and the embedded defaults under `RECSYS_HOME` when those are unset too).
 
 Connections are read where they are used, never passed through XCom: passwords stay out of the
-metadata DB's task data.
+metadata DB's task data. A long-running process (the API server) reads them through `LiveStores`:
+on first use, then again every REFRESH_S seconds, so a connection an operator adds or changes while
+it runs takes effect without a restart, and nothing is opened before a request needs it.
 """
 
 from __future__ import annotations
 
+import math
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 MYSQL_CONN_ID = "recsys_mysql"
 MILVUS_CONN_ID = "recsys_milvus"
+REFRESH_S = 10.0  # how soon a connection added or changed in a running API server takes effect
 
 
 def settings(**overrides: Any):  # -> recsys_tasks.config.Settings (imported lazily)
@@ -26,6 +33,38 @@ def settings(**overrides: Any):  # -> recsys_tasks.config.Settings (imported laz
     from recsys_tasks.config import load_settings
 
     return load_settings(**{**overrides, **store_overrides()})
+
+
+class LiveStores:
+    """The settings for a long-running process, and what it builds on them (`build`: the serving app),
+    resolved on first use and re-resolved at most every REFRESH_S seconds; rebuilt only when they change."""
+
+    def __init__(self, build: Callable[[Any], Any]) -> None:
+        self._build, self._lock = build, threading.Lock()
+        self._checked, self._overrides = -math.inf, None
+        self._settings: Any = None
+        self._built: Any = None
+
+    def settings(self):  # -> recsys_tasks.config.Settings
+        with self._lock:
+            return self._refresh()
+
+    def built(self) -> Any:
+        with self._lock:
+            settings = self._refresh()
+            if self._built is None:
+                self._built = self._build(settings)
+            return self._built
+
+    def _refresh(self):
+        if time.monotonic() - self._checked >= REFRESH_S:
+            overrides = store_overrides()
+            if overrides != self._overrides or self._settings is None:
+                from recsys_tasks.config import load_settings
+
+                self._settings, self._built, self._overrides = load_settings(**overrides), None, overrides
+            self._checked = time.monotonic()
+        return self._settings
 
 
 def store_overrides() -> dict[str, str]:

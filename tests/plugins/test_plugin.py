@@ -109,7 +109,7 @@ def airflow_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE", str(tmp_path / "passwords.json"))
     # the API server signs tokens with it; set here, as an earlier in-process dag.test() may have unset it
     monkeypatch.setenv("AIRFLOW__API_AUTH__JWT_SECRET", secrets.token_urlsafe(32))
-    with TestClient(create_app()) as client:  # the plugin resolves its stores at startup
+    with TestClient(create_app()) as client:  # as the API server starts: the plugin apps' lifespans run
         yield Api(client)
 
 
@@ -189,6 +189,32 @@ def test_with_only_the_connections_set_the_plugin_serves_the_live_model(
     similar = api.get(f"/recsys/movies/{int(release.ids[0])}/similar", token, params={"k": 5})
     assert similar.status_code == 200 and len(similar.json()["items"]) == 5
     assert not (home / "catalog.db").exists() and not (home / "milvus.db").exists()
+
+
+@pytest.mark.mysql
+@pytest.mark.parametrize("stores", [("server", "mariadb")], indirect=True)
+def test_connections_added_while_the_api_server_runs_take_effect_without_a_restart(
+        stores, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    """docs/production.md has the operator add `recsys_mysql` / `recsys_milvus` to a running API server. The
+    plugin opens no store at startup, and re-reads the connections (every REFRESH_S seconds; at once here):
+    the next requests serve the live model from the stores the connections name."""
+    from recsys_airflow import stores as plugin_stores
+
+    release = make_release(stores, "connections-added-later")
+    assert ship(stores, release)["promote"].manifest["model_version"] == release.version
+    api = request.getfixturevalue("airflow_api")
+    home = Path(os.environ["RECSYS_HOME"])
+    token = api.login("viewer")
+    assert not (home / "catalog.db").exists() and not (home / "milvus.db").exists(), "a store opened at startup"
+
+    monkeypatch.setattr(plugin_stores, "REFRESH_S", 0.0)
+    before = api.get("/recsys/health", token)  # no connection yet: RECSYS_HOME's embedded stores, empty
+    assert before.status_code == 503 and before.json()["model_version"] is None, before.text
+    monkeypatch.setenv("AIRFLOW_CONN_RECSYS_MYSQL", stores.db_url.replace("mysql+pymysql://", "mysql://"))
+    monkeypatch.setenv("AIRFLOW_CONN_RECSYS_MILVUS", stores.milvus_uri)
+    after = api.get("/recsys/health", token)
+    assert after.status_code == 200 and after.json()["model_version"] == release.version, after.text
+    assert api.get("/recsys-ui/status.json", token).json()["live"]["model_version"] == release.version
 
 
 @pytest.mark.parametrize(("method", "path", "needs"), [

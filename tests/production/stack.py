@@ -3,9 +3,10 @@
 Metadata DB: a PostgreSQL database of its own; Celery broker: Redis under a key prefix of its own;
 result backend: the same PostgreSQL database; catalog: a MariaDB database of its own through the
 Airflow connection `recsys_mysql`; vectors: a `milvus-lite server` through `recsys_milvus`; alerts:
-a loopback SMTP server through `recsys_smtp`. `airflow-init`'s commands, then api-server, scheduler,
-dag-processor, triggerer and two Celery workers (queues `default` and `gpu`). Everything it creates
-is removed by `close()`.
+a loopback SMTP server through `recsys_smtp`. `airflow-init`'s commands; the api-server, through whose
+REST API the admin adds the other users and the connections; then the scheduler, dag-processor,
+triggerer and two Celery workers (queues `default` and `gpu`). Everything it creates is removed by
+`close()`.
 """
 
 from __future__ import annotations
@@ -161,24 +162,36 @@ class Stack:
         return out.stdout
 
     def init(self) -> None:
-        """docker-compose.yml's airflow-init, plus the users and connections an operator creates."""
+        """docker-compose.yml's airflow-init: the metadata DB, the admin user and the `gpu` pool."""
         self.airflow("db", "migrate")
-        for user, role in USERS.items():  # (`users import` sets no passwords)
-            # `--password=…` in one word: a random password may start with '-', which argparse reads as a flag
-            self.airflow("users", "create", "--role", role, "--username", user,
-                         f"--password={self.passwords[user]}", "--firstname", user, "--lastname", "Test",
-                         "--email", f"{user}@test.local")
+        # `--password=…` in one word: a random password may start with '-', which argparse reads as a flag
+        self.airflow("users", "create", "--role", USERS["admin"], "--username", "admin",
+                     f"--password={self.passwords['admin']}", "--firstname", "admin", "--lastname", "Test",
+                     "--email", "admin@test.local")
         self.airflow("pools", "set", "gpu", "1", "one training at a time per GPU")
+
+    def provision(self) -> None:
+        """What the operator then adds through the REST API as the admin: the other users and the connections
+        (before any worker starts, so the first task finds them)."""
+        admin = self.token("admin")
+        for user, role in USERS.items():
+            if user != "admin":
+                answer = self.api("POST", "/auth/fab/v1/users", admin, json={
+                    "username": user, "password": self.passwords[user], "first_name": user, "last_name": "Test",
+                    "email": f"{user}@test.local", "roles": [{"name": role}]})
+                assert answer.status_code in (200, 201), answer.text
+        smtp = json.loads(self.smtp_connection)
         connections = {
             "recsys_mysql": {"conn_type": "mysql", "host": "127.0.0.1", "port": 3306, "login": "root",
                              "schema": self.name},
             # milvus-lite ignores credentials; they exercise the login/password → token path all the same
             "recsys_milvus": {"conn_type": "http", "host": "127.0.0.1", "port": self.milvus_port,
                               "login": "recsys", "password": secrets.token_urlsafe(8)},
-            "recsys_smtp": json.loads(self.smtp_connection),
+            "recsys_smtp": {**smtp, "extra": json.dumps(smtp["extra"])},
         }
-        (self.root / "connections.json").write_text(json.dumps(connections))
-        self.airflow("connections", "import", str(self.root / "connections.json"))
+        for connection_id, fields in connections.items():
+            answer = self.api("POST", "/api/v2/connections", admin, json={"connection_id": connection_id, **fields})
+            assert answer.status_code == 201, answer.text
 
     def start(self, name: str, *cmd: str, extra_env: dict[str, str] | None = None) -> None:
         log = (self.logs / f"{name}.log").open("w")
@@ -192,6 +205,7 @@ class Stack:
         wait_until("milvus-lite server", lambda: self._listening(self.milvus_port), 120, 1, self.log_tails)
         self.start("api-server", airflow, "api-server", "--port", str(self.api_port))
         wait_until("api-server", self._api_up, 300, 2, self.log_tails)
+        self.provision()
         for name in ("scheduler", "dag-processor", "triggerer"):
             self.start(name, airflow, name)
         # two workers on one host: their own Celery node names and log-server ports
