@@ -48,20 +48,21 @@ async def _stores(app: FastAPI) -> AsyncIterator[None]:
     yield
 
 
-def _settings():  # -> recsys_tasks.config.Settings: the view's, resolved as the API's
-    return ui_app.state.stores.settings()
+def _settings():  # -> recsys_tasks.config.Settings: the view's, the API's own (one resolution for both)
+    return api_app.state.stores.settings()
 
 
 async def _serving_api(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    # resolving may read the metadata DB and build the app (imports): off the event loop
-    serving = await anyio.to_thread.run_sync(api_app.state.stores.built)
+    stores = api_app.state.stores
+    # resolving may read the metadata DB and build the app (imports): off the event loop, when it is due
+    serving = stores.fresh() or await anyio.to_thread.run_sync(stores.built)
     await serving(scope, receive, send)
 
 
 api_app = FastAPI(title="movielens-recsys API (Airflow plugin)", lifespan=_stores, docs_url=None, redoc_url=None,
                   openapi_url=None)
 api_app.mount("/", _serving_api)
-ui_app = FastAPI(title="movielens-recsys view", lifespan=_stores, docs_url=None, redoc_url=None, openapi_url=None)
+ui_app = FastAPI(title="movielens-recsys view", docs_url=None, redoc_url=None, openapi_url=None)
 for _app in (api_app, ui_app):
     _app.add_middleware(RequireDagReader)
 

@@ -49,6 +49,12 @@ class LiveStores:
         with self._lock:
             return self._refresh()
 
+    def fresh(self) -> Any | None:
+        """What `built()` would return, when it needs neither a resolution nor a build (the hot path: no lock,
+        no thread); else None."""
+        built = self._built
+        return built if built is not None and time.monotonic() - self._checked < REFRESH_S else None
+
     def built(self) -> Any:
         with self._lock:
             settings = self._refresh()
